@@ -1,0 +1,191 @@
+// The C ABI: argument checks and dispatch to the CPU or CUDA implementation.
+#include <cstdio>
+#include <string>
+
+#include "embedding_bag.h"
+#include "memkernels.h"
+
+#ifndef MK_VERSION
+#define MK_VERSION "0.0.0"
+#endif
+#ifndef MK_CUDA_ARCHS
+#define MK_CUDA_ARCHS ""
+#endif
+
+namespace mk {
+
+namespace {
+bool valid_value_dtype(mk_dtype t) {
+  return t == MK_F32 || t == MK_F16 || t == MK_BF16 || t == MK_F64;
+}
+bool valid_index_dtype(mk_index_dtype t) { return t == MK_I32 || t == MK_I64; }
+}  // namespace
+
+mk_status eb_check_fwd_args(const mk_embedding_bag_fwd_args* a) {
+  if (!a) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_rows < 0 || a->dim < 1 || a->num_bags < 0 || a->bag_size < 1)
+    return MK_ERR_INVALID_ARGUMENT;
+  if (a->values_row_stride < a->dim) return MK_ERR_INVALID_ARGUMENT;
+  if (!valid_value_dtype(a->value_dtype) || !valid_index_dtype(a->index_dtype))
+    return MK_ERR_UNSUPPORTED;
+  if (a->num_bags > 0 && (!a->indices || !a->weights || !a->out)) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_bags > 0 && a->num_rows > 0 && !a->values) return MK_ERR_INVALID_ARGUMENT;
+  return MK_OK;
+}
+
+mk_status eb_check_bwd_args(const mk_embedding_bag_bwd_args* a) {
+  if (!a) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_rows < 0 || a->dim < 1 || a->num_bags < 0 || a->bag_size < 1)
+    return MK_ERR_INVALID_ARGUMENT;
+  if (a->values_row_stride < a->dim) return MK_ERR_INVALID_ARGUMENT;
+  if (!valid_value_dtype(a->value_dtype) || !valid_index_dtype(a->index_dtype))
+    return MK_ERR_UNSUPPORTED;
+  // Pair ids and segment offsets are int32.
+  if (a->num_bags > 0 && a->bag_size > (int64_t(INT32_MAX) - 1) / a->num_bags)
+    return MK_ERR_INVALID_ARGUMENT;
+  if (a->grad_values && (a->sparse_rows || a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
+  if (bool(a->sparse_rows) != bool(a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_bags > 0 && (!a->indices || !a->weights || !a->grad_out))
+    return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_bags > 0 && a->grad_weights && !a->values) return MK_ERR_INVALID_ARGUMENT;
+  return MK_OK;
+}
+
+namespace {
+
+mk_status scratch_bytes(const mk_embedding_bag_bwd_args& a, mk_device device, size_t* bytes) {
+  if (device == MK_CPU) {
+    *bytes = eb_backward_scratch_cpu(a);
+    return MK_OK;
+  }
+#ifdef MK_WITH_CUDA
+  if (device == MK_CUDA) return eb_backward_scratch_cuda(a, bytes);
+#endif
+  return MK_ERR_UNSUPPORTED;
+}
+
+mk_status layout_for(const mk_embedding_bag_bwd_args& a, mk_device device, size_t workspace_bytes,
+                     EbWorkspaceLayout* l) {
+  size_t scratch = 0;
+  mk_status st = scratch_bytes(a, device, &scratch);
+  if (st != MK_OK) return st;
+  *l = eb_workspace_layout(a, scratch);
+  if (workspace_bytes < l->total) return MK_ERR_WORKSPACE_TOO_SMALL;
+  return MK_OK;
+}
+
+}  // namespace
+}  // namespace mk
+
+extern "C" {
+
+const char* mk_status_string(mk_status status) {
+  switch (status) {
+    case MK_OK: return "ok";
+    case MK_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case MK_ERR_INDEX_OUT_OF_RANGE: return "index out of range";
+    case MK_ERR_UNSUPPORTED: return "unsupported dtype or device in this build";
+    case MK_ERR_CUDA: return "CUDA error";
+    case MK_ERR_WORKSPACE_TOO_SMALL: return "workspace too small";
+  }
+  return "unknown status";
+}
+
+const char* mk_build_info(void) {
+  static const std::string info = [] {
+    std::string s = "{\"version\": \"" MK_VERSION "\", \"backends\": [\"cpu\"";
+#ifdef MK_WITH_CUDA
+    s += ", \"cuda\"";
+#endif
+    s += "], \"cuda_archs\": \"" MK_CUDA_ARCHS "\", \"openmp\": ";
+#ifdef _OPENMP
+    s += "true";
+#else
+    s += "false";
+#endif
+    s += "}";
+    return s;
+  }();
+  return info.c_str();
+}
+
+mk_status mk_embedding_bag_forward(const mk_embedding_bag_fwd_args* args, mk_device device,
+                                   void* stream) {
+  mk_status st = mk::eb_check_fwd_args(args);
+  if (st != MK_OK) return st;
+  if (args->num_bags == 0) return MK_OK;
+  if (device == MK_CPU) return mk::eb_forward_cpu(*args);
+#ifdef MK_WITH_CUDA
+  if (device == MK_CUDA) return mk::eb_forward_cuda(*args, stream);
+#endif
+  (void)stream;
+  return MK_ERR_UNSUPPORTED;
+}
+
+mk_status mk_embedding_bag_backward_workspace_size(const mk_embedding_bag_bwd_args* args,
+                                                   mk_device device, size_t* bytes) {
+  mk_status st = mk::eb_check_bwd_args(args);
+  if (st != MK_OK) return st;
+  if (!bytes) return MK_ERR_INVALID_ARGUMENT;
+  size_t scratch = 0;
+  st = mk::scratch_bytes(*args, device, &scratch);
+  if (st != MK_OK) return st;
+  *bytes = mk::eb_workspace_layout(*args, scratch).total;
+  return MK_OK;
+}
+
+mk_status mk_embedding_bag_backward_plan(const mk_embedding_bag_bwd_args* args, void* workspace,
+                                         size_t workspace_bytes, mk_device device, void* stream) {
+  mk_status st = mk::eb_check_bwd_args(args);
+  if (st != MK_OK) return st;
+  if (!workspace) return MK_ERR_INVALID_ARGUMENT;
+  mk::EbWorkspaceLayout l;
+  st = mk::layout_for(*args, device, workspace_bytes, &l);
+  if (st != MK_OK) return st;
+  char* ws = static_cast<char*>(workspace);
+  if (device == MK_CPU) return mk::eb_backward_plan_cpu(*args, ws, l);
+#ifdef MK_WITH_CUDA
+  if (device == MK_CUDA) return mk::eb_backward_plan_cuda(*args, ws, l, stream);
+#endif
+  (void)stream;
+  return MK_ERR_UNSUPPORTED;
+}
+
+mk_status mk_embedding_bag_backward_count(const mk_embedding_bag_bwd_args* args,
+                                          const void* workspace, mk_device device, void* stream,
+                                          int64_t* num_unique) {
+  mk_status st = mk::eb_check_bwd_args(args);
+  if (st != MK_OK) return st;
+  if (!workspace || !num_unique) return MK_ERR_INVALID_ARGUMENT;
+  const mk::EbWorkspaceLayout l = mk::eb_workspace_layout(*args, 0);
+  const char* ws = static_cast<const char*>(workspace);
+  if (device == MK_CPU) {
+    *num_unique = reinterpret_cast<const int32_t*>(ws + l.counters)[mk::kNumUnique];
+    return MK_OK;
+  }
+#ifdef MK_WITH_CUDA
+  if (device == MK_CUDA) return mk::eb_backward_count_cuda(ws, l, stream, num_unique);
+#endif
+  (void)stream;
+  return MK_ERR_UNSUPPORTED;
+}
+
+mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_args* args, void* workspace,
+                                           size_t workspace_bytes, mk_device device,
+                                           void* stream) {
+  mk_status st = mk::eb_check_bwd_args(args);
+  if (st != MK_OK) return st;
+  if (!workspace) return MK_ERR_INVALID_ARGUMENT;
+  mk::EbWorkspaceLayout l;
+  st = mk::layout_for(*args, device, workspace_bytes, &l);
+  if (st != MK_OK) return st;
+  char* ws = static_cast<char*>(workspace);
+  if (device == MK_CPU) return mk::eb_backward_reduce_cpu(*args, ws, l);
+#ifdef MK_WITH_CUDA
+  if (device == MK_CUDA) return mk::eb_backward_reduce_cuda(*args, ws, l, stream);
+#endif
+  (void)stream;
+  return MK_ERR_UNSUPPORTED;
+}
+
+}  // extern "C"

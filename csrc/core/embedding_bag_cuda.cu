@@ -1,0 +1,653 @@
+// CUDA kernels of the weighted embedding bag: forward, and the atomic-free,
+// deterministic backward (docs/embedding_bag.md):
+//   plan:   CUB stable radix sort of (row, pair) over ceil(log2 N) bits,
+//           run-length segments, chunk and partial offsets, the hot list;
+//   reduce: a warp per chunk of at most C pairs (a short segment is one chunk)
+//           computes the row gradient in fp32 and, with the row V[r] loaded
+//           once per chunk, every pair's weight gradient <grad_out[t], V[r]>;
+//           split (hot) segments leave partial rows that a second kernel adds
+//           in chunk order. No atomics: every output element has one writer.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_run_length_encode.cuh>
+#include <cub/device/device_scan.cuh>
+#include <type_traits>
+
+#include "embedding_bag.h"
+
+#define MK_CUDA_TRY(expr)                          \
+  do {                                             \
+    if ((expr) != cudaSuccess) return MK_ERR_CUDA; \
+  } while (0)
+#define MK_LAUNCH_CHECK() MK_CUDA_TRY(cudaGetLastError())
+
+namespace mk {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarpsPerBlock = 4;
+constexpr int kBlockThreads = 32 * kWarpsPerBlock;
+
+// ---- element types --------------------------------------------------------
+
+template <class V>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class V>
+__device__ __forceinline__ V from_acc(typename Acc<V>::type x);
+template <>
+__device__ __forceinline__ float from_acc<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ double from_acc<double>(double x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// VEC consecutive elements: one 16-byte access when VEC * sizeof(V) == 16
+// (the caller guarantees alignment), else VEC scalar accesses.
+template <class V, int VEC, class A>
+__device__ __forceinline__ void load_vec(const V* __restrict__ p, A (&out)[VEC]) {
+  if constexpr (VEC * sizeof(V) == 16) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    V tmp[VEC];
+    memcpy(tmp, &raw, 16);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = to_acc(tmp[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = to_acc(p[e]);
+  }
+}
+
+template <class V, int VEC, class A>
+__device__ __forceinline__ void store_vec(V* __restrict__ p, const A (&in)[VEC]) {
+  if constexpr (VEC * sizeof(V) == 16) {
+    V tmp[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) tmp[e] = from_acc<V>(in[e]);
+    uint4 raw;
+    memcpy(&raw, tmp, 16);
+    *reinterpret_cast<uint4*>(p) = raw;
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) p[e] = from_acc<V>(in[e]);
+  }
+}
+
+template <class A>
+__device__ __forceinline__ A warp_sum(A x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+
+int sm_count() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 132;
+  return sms;
+}
+
+// Blocks for a grid-stride warp loop over `work` warp items: at most one
+// resident wave (16 blocks of 128 threads per SM).
+unsigned warp_grid(int64_t work) {
+  const int64_t wanted = (work + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  const int64_t cap = int64_t(sm_count()) * 16;
+  return unsigned(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
+}
+
+// ---- forward ----------------------------------------------------------------
+
+template <class V, class I>
+struct FwdParams {
+  const V* values;
+  const I* indices;
+  const typename Acc<V>::type* weights;
+  V* out;
+  int32_t* error_flag;
+  int64_t N, D, T, B, stride;
+};
+
+// A warp per (bag, column tile of 32 * NV * VEC columns); each lane keeps
+// NV * VEC fp32 sums. The bag's indices and weights are read 32 at a time and
+// broadcast with shuffles.
+template <class V, class I, int VEC, int NV>
+__global__ void __launch_bounds__(kBlockThreads) eb_forward_kernel(FwdParams<V, I> p) {
+  using A = typename Acc<V>::type;
+  constexpr int64_t kTile = 32 * NV * VEC;
+  const int lane = threadIdx.x & 31;
+  const int64_t tiles = (p.D + kTile - 1) / kTile;
+  const int64_t items = p.T * tiles;
+  const int64_t stride_w = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t w = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5); w < items;
+       w += stride_w) {
+    const int64_t t = w / tiles;
+    const int64_t col0 = (w - t * tiles) * kTile;
+    A acc[NV][VEC];
+#pragma unroll
+    for (int k = 0; k < NV; ++k)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[k][e] = A(0);
+
+    const I* bag = p.indices + t * p.B;
+    const A* bw = p.weights + t * p.B;
+    for (int64_t j0 = 0; j0 < p.B; j0 += 32) {
+      int64_t my_row = -1;
+      A my_w = A(0);
+      if (j0 + lane < p.B) {
+        const int64_t r = int64_t(bag[j0 + lane]);
+        my_w = bw[j0 + lane];
+        if (r >= 0 && r < p.N) {
+          my_row = r;
+        } else if (p.error_flag) {
+          *p.error_flag = 1;  // every writer stores the same value
+        }
+      }
+      const int n = int(p.B - j0 < 32 ? p.B - j0 : 32);
+#pragma unroll 4
+      for (int jj = 0; jj < n; ++jj) {
+        const int64_t r = __shfl_sync(kFullMask, my_row, jj);
+        const A wj = __shfl_sync(kFullMask, my_w, jj);
+        if (r < 0) continue;  // bad index: its term is skipped, never read
+        const V* row = p.values + r * p.stride + col0;
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+          const int64_t c = (int64_t(k) * 32 + lane) * VEC;
+          if (col0 + c < p.D) {
+            A x[VEC];
+            load_vec<V, VEC>(row + c, x);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[k][e] += wj * x[e];
+          }
+        }
+      }
+    }
+    V* out = p.out + t * p.D + col0;
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+      const int64_t c = (int64_t(k) * 32 + lane) * VEC;
+      if (col0 + c < p.D) store_vec<V, VEC>(out + c, acc[k]);
+    }
+  }
+}
+
+// 16-byte vectors when every row start is 16-byte aligned; else scalars.
+template <class V>
+bool can_vectorize(int64_t D, std::initializer_list<std::pair<const void*, int64_t>> rows) {
+  constexpr int64_t vec = 16 / sizeof(V);
+  if (D % vec != 0) return false;
+  for (auto& pr : rows) {
+    if (reinterpret_cast<uintptr_t>(pr.first) % 16 != 0) return false;
+    if (pr.second % vec != 0) return false;
+  }
+  return true;
+}
+
+template <class V, class I, int VEC, int NV>
+mk_status launch_forward(const FwdParams<V, I>& p, cudaStream_t stream) {
+  constexpr int64_t kTile = 32 * NV * VEC;
+  const int64_t items = p.T * ((p.D + kTile - 1) / kTile);
+  eb_forward_kernel<V, I, VEC, NV><<<warp_grid(items), kBlockThreads, 0, stream>>>(p);
+  MK_LAUNCH_CHECK();
+  return MK_OK;
+}
+
+template <class V, class I>
+mk_status forward(const mk_embedding_bag_fwd_args& a, cudaStream_t stream) {
+  FwdParams<V, I> p;
+  p.values = static_cast<const V*>(a.values);
+  p.indices = static_cast<const I*>(a.indices);
+  p.weights = static_cast<const typename Acc<V>::type*>(a.weights);
+  p.out = static_cast<V*>(a.out);
+  p.error_flag = a.check_indices ? a.error_flag : nullptr;
+  p.N = a.num_rows;
+  p.D = a.dim;
+  p.T = a.num_bags;
+  p.B = a.bag_size;
+  p.stride = a.values_row_stride;
+  constexpr int VEC = int(16 / sizeof(V));
+  const bool vec = can_vectorize<V>(p.D, {{p.values, p.stride}, {p.out, p.D}});
+  if (vec) {
+    if (p.D <= 64 * VEC) return launch_forward<V, I, VEC, 1>(p, stream);
+    return launch_forward<V, I, VEC, 4>(p, stream);
+  }
+  if (p.D <= 64) return launch_forward<V, I, 1, 1>(p, stream);
+  return launch_forward<V, I, 1, 4>(p, stream);
+}
+
+// ---- backward: plan -----------------------------------------------------------
+
+__global__ void iota_kernel(int32_t* out, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = int32_t(i);
+}
+
+// Per segment (0 past the last one): its chunk count, its partial-row count
+// (0 unless split) and whether it is split.
+__global__ void chunk_counts_kernel(const int32_t* seg_counts, int64_t n, int32_t C,
+                                    int32_t* chunk_counts, int32_t* partial_counts,
+                                    int32_t* hot_flags) {
+  for (int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; s < n;
+       s += int64_t(gridDim.x) * blockDim.x) {
+    const int32_t len = seg_counts[s];
+    const int32_t nc = (len + C - 1) / C;
+    chunk_counts[s] = nc;
+    partial_counts[s] = nc > 1 ? nc : 0;
+    hot_flags[s] = nc > 1 ? 1 : 0;
+  }
+}
+
+__global__ void hot_list_kernel(const int32_t* hot_flags, const int32_t* hot_offsets, int64_t n,
+                                int32_t* hot_list) {
+  for (int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; s < n;
+       s += int64_t(gridDim.x) * blockDim.x)
+    if (hot_flags[s]) hot_list[hot_offsets[s]] = int32_t(s);
+}
+
+__global__ void finalize_counters_kernel(int32_t* counters, const int32_t* chunk_offsets,
+                                         const int32_t* partial_offsets,
+                                         const int32_t* hot_offsets, int64_t P) {
+  counters[kNumChunks] = chunk_offsets[P];
+  counters[kNumPartials] = partial_offsets[P];
+  counters[kNumHot] = hot_offsets[P];
+}
+
+unsigned elementwise_grid(int64_t n) {
+  const int64_t blocks = (n + 255) / 256;
+  const int64_t cap = int64_t(sm_count()) * 8;
+  return unsigned(blocks < 1 ? 1 : (blocks < cap ? blocks : cap));
+}
+
+// CUB temporary bytes: the largest of the sort, the run-length encoding and
+// the scans (all run one after another on the same stream).
+template <class K>
+mk_status cub_temp_bytes(int64_t P, int bits, size_t* bytes) {
+  size_t sort = 0, rle = 0, scan = 0;
+  const int n = int(P);
+  MK_CUDA_TRY(cub::DeviceRadixSort::SortPairs(nullptr, sort, static_cast<const K*>(nullptr),
+                                              static_cast<K*>(nullptr),
+                                              static_cast<const int32_t*>(nullptr),
+                                              static_cast<int32_t*>(nullptr), n, 0, bits));
+  MK_CUDA_TRY(cub::DeviceRunLengthEncode::Encode(nullptr, rle, static_cast<const K*>(nullptr),
+                                                 static_cast<K*>(nullptr),
+                                                 static_cast<int32_t*>(nullptr),
+                                                 static_cast<int32_t*>(nullptr), n));
+  MK_CUDA_TRY(cub::DeviceScan::ExclusiveSum(nullptr, scan, static_cast<const int32_t*>(nullptr),
+                                            static_cast<int32_t*>(nullptr), n + 1));
+  *bytes = sort > rle ? sort : rle;
+  if (scan > *bytes) *bytes = scan;
+  return MK_OK;
+}
+
+template <class T>
+T* at(char* ws, size_t off) {
+  return reinterpret_cast<T*>(ws + off);
+}
+
+template <class I>
+mk_status plan(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspaceLayout& l,
+               cudaStream_t stream) {
+  using K = typename std::make_unsigned<I>::type;
+  const int64_t P = a.num_bags * a.bag_size;
+  const int bits = eb_sort_bits(a.num_rows);
+  const int32_t C = int32_t(eb_chunk_size(a.bag_size));
+  int32_t* counters = at<int32_t>(ws, l.counters);
+  MK_CUDA_TRY(cudaMemsetAsync(counters, 0, sizeof(int32_t) * kNumCounters, stream));
+  if (P == 0) return MK_OK;
+
+  void* temp = ws + l.scratch;
+  size_t temp_bytes = l.scratch_bytes;
+  int32_t* pair_ids = at<int32_t>(ws, l.pair_ids);
+  K* sorted_keys = at<K>(ws, l.sorted_keys);
+  int32_t* sorted_pairs = at<int32_t>(ws, l.sorted_pairs);
+  K* unique = at<K>(ws, l.unique_rows);
+  int32_t* seg_counts = at<int32_t>(ws, l.seg_counts);
+  int32_t* seg_offsets = at<int32_t>(ws, l.seg_offsets);
+  int32_t* chunk_counts = at<int32_t>(ws, l.chunk_counts);
+  int32_t* chunk_offsets = at<int32_t>(ws, l.chunk_offsets);
+  int32_t* partial_counts = at<int32_t>(ws, l.partial_counts);
+  int32_t* partial_offsets = at<int32_t>(ws, l.partial_offsets);
+  int32_t* hot_flags = at<int32_t>(ws, l.hot_flags);
+  int32_t* hot_offsets = at<int32_t>(ws, l.hot_offsets);
+  int32_t* hot_list = at<int32_t>(ws, l.hot_list);
+  const int n = int(P);
+
+  iota_kernel<<<elementwise_grid(P), 256, 0, stream>>>(pair_ids, P);
+  MK_LAUNCH_CHECK();
+  MK_CUDA_TRY(cub::DeviceRadixSort::SortPairs(temp, temp_bytes,
+                                              static_cast<const K*>(a.indices), sorted_keys,
+                                              pair_ids, sorted_pairs, n, 0, bits, stream));
+  MK_CUDA_TRY(cudaMemsetAsync(seg_counts, 0, sizeof(int32_t) * (P + 1), stream));
+  temp_bytes = l.scratch_bytes;
+  MK_CUDA_TRY(cub::DeviceRunLengthEncode::Encode(temp, temp_bytes, sorted_keys, unique,
+                                                 seg_counts, counters + kNumUnique, n, stream));
+  temp_bytes = l.scratch_bytes;
+  MK_CUDA_TRY(cub::DeviceScan::ExclusiveSum(temp, temp_bytes, seg_counts, seg_offsets, n + 1,
+                                            stream));
+  chunk_counts_kernel<<<elementwise_grid(P + 1), 256, 0, stream>>>(
+      seg_counts, P + 1, C, chunk_counts, partial_counts, hot_flags);
+  MK_LAUNCH_CHECK();
+  temp_bytes = l.scratch_bytes;
+  MK_CUDA_TRY(cub::DeviceScan::ExclusiveSum(temp, temp_bytes, chunk_counts, chunk_offsets, n + 1,
+                                            stream));
+  temp_bytes = l.scratch_bytes;
+  MK_CUDA_TRY(cub::DeviceScan::ExclusiveSum(temp, temp_bytes, partial_counts, partial_offsets,
+                                            n + 1, stream));
+  temp_bytes = l.scratch_bytes;
+  MK_CUDA_TRY(cub::DeviceScan::ExclusiveSum(temp, temp_bytes, hot_flags, hot_offsets, n + 1,
+                                            stream));
+  hot_list_kernel<<<elementwise_grid(P), 256, 0, stream>>>(hot_flags, hot_offsets, P, hot_list);
+  MK_LAUNCH_CHECK();
+  finalize_counters_kernel<<<1, 1, 0, stream>>>(counters, chunk_offsets, partial_offsets,
+                                                hot_offsets, P);
+  MK_LAUNCH_CHECK();
+  return MK_OK;
+}
+
+// ---- backward: reduce -------------------------------------------------------------
+
+template <class V, class K>
+struct BwdParams {
+  using A = typename Acc<V>::type;
+  const V* values;
+  const A* weights;
+  const V* grad_out;
+  A* grad_weights;   // may be null
+  V* grad_dense;     // [N, D] or null
+  V* grad_sparse;    // [U, D] or null
+  int64_t* sparse_rows;
+  A* partials;
+  const int32_t* counters;
+  const K* unique;
+  const int32_t* sorted_pairs;
+  const int32_t* seg_offsets;
+  const int32_t* chunk_offsets;
+  const int32_t* partial_offsets;
+  const int32_t* hot_list;
+  int64_t N, D, B, stride, C;
+};
+
+// Where segment s's finished row gradient goes (null: row out of range, which
+// only an unchecked bad index can produce; it is dropped).
+template <class V, class K>
+__device__ __forceinline__ V* row_dest(const BwdParams<V, K>& p, int32_t s) {
+  const K r = p.unique[s];
+  if (uint64_t(r) >= uint64_t(p.N)) return nullptr;
+  if (p.grad_dense) return p.grad_dense + int64_t(r) * p.D;
+  return p.grad_sparse + int64_t(s) * p.D;
+}
+
+// A warp per chunk, grid-stride over the chunks the plan counted.
+template <class V, class K, int VEC, int NV>
+__global__ void __launch_bounds__(kBlockThreads) eb_backward_chunks_kernel(BwdParams<V, K> p) {
+  using A = typename Acc<V>::type;
+  constexpr int64_t kTile = 32 * NV * VEC;
+  const int lane = threadIdx.x & 31;
+  const int32_t n_unique = p.counters[kNumUnique];
+  const int32_t n_chunks = p.counters[kNumChunks];
+  const bool rows_wanted = p.grad_dense || p.grad_sparse;
+  const bool wgrad = p.grad_weights != nullptr;
+  const int64_t stride_w = int64_t(gridDim.x) * kWarpsPerBlock;
+
+  if (p.sparse_rows) {
+    for (int64_t s = int64_t(blockIdx.x) * kBlockThreads + threadIdx.x; s < n_unique;
+         s += int64_t(gridDim.x) * kBlockThreads)
+      p.sparse_rows[s] = int64_t(p.unique[s]);
+  }
+
+  for (int64_t c = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5); c < n_chunks;
+       c += stride_w) {
+    // Segment of chunk c: the last s with chunk_offsets[s] <= c.
+    int32_t lo = 0, hi = n_unique;
+    while (hi - lo > 1) {
+      const int32_t mid = (lo + hi) >> 1;
+      if (p.chunk_offsets[mid] <= c) lo = mid; else hi = mid;
+    }
+    const int32_t s = lo;
+    const int32_t k = int32_t(c) - p.chunk_offsets[s];
+    const int32_t begin = p.seg_offsets[s] + k * int32_t(p.C);
+    const int32_t seg_end = p.seg_offsets[s + 1];
+    const int32_t end = begin + int32_t(p.C) < seg_end ? begin + int32_t(p.C) : seg_end;
+    const bool split = p.chunk_offsets[s + 1] - p.chunk_offsets[s] > 1;
+    const K r = p.unique[s];
+    const bool valid = uint64_t(r) < uint64_t(p.N);
+    V* dest = split ? nullptr : row_dest(p, s);
+    A* partial = split ? p.partials + int64_t(p.partial_offsets[s] + k) * p.D : nullptr;
+    const V* vrow = valid ? p.values + int64_t(r) * p.stride : nullptr;
+
+    for (int64_t col0 = 0; col0 < p.D; col0 += kTile) {
+      A v[NV][VEC], acc[NV][VEC];
+#pragma unroll
+      for (int q = 0; q < NV; ++q) {
+        const int64_t cc = (int64_t(q) * 32 + lane) * VEC;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          v[q][e] = A(0);
+          acc[q][e] = A(0);
+        }
+        if (wgrad && valid && col0 + cc < p.D) load_vec<V, VEC>(vrow + col0 + cc, v[q]);
+      }
+      for (int32_t i0 = begin; i0 < end; i0 += 32) {
+        int32_t my_pair = 0;
+        A my_w = A(0);
+        if (i0 + lane < end) {
+          my_pair = p.sorted_pairs[i0 + lane];
+          my_w = p.weights[my_pair];
+        }
+        const int n = end - i0 < 32 ? end - i0 : 32;
+        for (int ii = 0; ii < n; ++ii) {
+          const int32_t pair = __shfl_sync(kFullMask, my_pair, ii);
+          const A w = __shfl_sync(kFullMask, my_w, ii);
+          const V* g = p.grad_out + (int64_t(pair) / p.B) * p.D + col0;
+          A dot = A(0);
+#pragma unroll
+          for (int q = 0; q < NV; ++q) {
+            const int64_t cc = (int64_t(q) * 32 + lane) * VEC;
+            if (col0 + cc < p.D) {
+              A x[VEC];
+              load_vec<V, VEC>(g + cc, x);
+#pragma unroll
+              for (int e = 0; e < VEC; ++e) {
+                acc[q][e] += w * x[e];
+                dot += x[e] * v[q][e];
+              }
+            }
+          }
+          if (wgrad) {
+            dot = warp_sum(dot);
+            if (lane == 0) {
+              // Column tiles add in order; the same lane wrote the last value.
+              p.grad_weights[pair] = (col0 == 0 ? A(0) : p.grad_weights[pair]) + (valid ? dot : A(0));
+            }
+          }
+        }
+      }
+      if (!rows_wanted) continue;
+#pragma unroll
+      for (int q = 0; q < NV; ++q) {
+        const int64_t cc = (int64_t(q) * 32 + lane) * VEC;
+        if (col0 + cc >= p.D) continue;
+        if (partial) {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) partial[col0 + cc + e] = acc[q][e];
+        } else if (dest) {
+          store_vec<V, VEC>(dest + col0 + cc, acc[q]);
+        }
+      }
+    }
+  }
+}
+
+// Adds each split segment's partial rows in chunk order: blockIdx.x picks a
+// column block, blockIdx.y strides over the hot list.
+template <class V, class K>
+__global__ void eb_backward_combine_kernel(BwdParams<V, K> p) {
+  using A = typename Acc<V>::type;
+  const int32_t n_hot = p.counters[kNumHot];
+  const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= p.D) return;
+  for (int32_t h = blockIdx.y; h < n_hot; h += gridDim.y) {
+    const int32_t s = p.hot_list[h];
+    V* dest = row_dest(p, s);
+    if (!dest) continue;
+    A sum = A(0);
+    for (int32_t q = p.partial_offsets[s]; q < p.partial_offsets[s + 1]; ++q)
+      sum += p.partials[int64_t(q) * p.D + col];
+    dest[col] = from_acc<V>(sum);
+  }
+}
+
+template <class V, class K, int VEC, int NV>
+mk_status launch_chunks(const BwdParams<V, K>& p, int64_t max_chunks, cudaStream_t stream) {
+  eb_backward_chunks_kernel<V, K, VEC, NV><<<warp_grid(max_chunks), kBlockThreads, 0, stream>>>(p);
+  MK_LAUNCH_CHECK();
+  return MK_OK;
+}
+
+template <class V, class I>
+mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspaceLayout& l,
+                 cudaStream_t stream) {
+  using K = typename std::make_unsigned<I>::type;
+  using A = typename Acc<V>::type;
+  const int64_t P = a.num_bags * a.bag_size;
+  if (a.grad_values)
+    MK_CUDA_TRY(cudaMemsetAsync(a.grad_values, 0,
+                                size_t(a.num_rows) * size_t(a.dim) * sizeof(V), stream));
+  if (P == 0) return MK_OK;
+
+  BwdParams<V, K> p;
+  p.values = static_cast<const V*>(a.values);
+  p.weights = static_cast<const A*>(a.weights);
+  p.grad_out = static_cast<const V*>(a.grad_out);
+  p.grad_weights = static_cast<A*>(a.grad_weights);
+  p.grad_dense = static_cast<V*>(a.grad_values);
+  p.grad_sparse = static_cast<V*>(a.sparse_grads);
+  p.sparse_rows = a.sparse_rows;
+  p.partials = at<A>(ws, l.partials);
+  p.counters = at<int32_t>(ws, l.counters);
+  p.unique = at<K>(ws, l.unique_rows);
+  p.sorted_pairs = at<int32_t>(ws, l.sorted_pairs);
+  p.seg_offsets = at<int32_t>(ws, l.seg_offsets);
+  p.chunk_offsets = at<int32_t>(ws, l.chunk_offsets);
+  p.partial_offsets = at<int32_t>(ws, l.partial_offsets);
+  p.hot_list = at<int32_t>(ws, l.hot_list);
+  p.N = a.num_rows;
+  p.D = a.dim;
+  p.B = a.bag_size;
+  p.stride = a.values_row_stride;
+  p.C = eb_chunk_size(a.bag_size);
+  if (!p.grad_weights && !p.grad_dense && !p.grad_sparse) return MK_OK;
+
+  const int64_t max_chunks = P + P / p.C;
+  constexpr int VEC = int(16 / sizeof(V));
+  const bool vec = can_vectorize<V>(
+      p.D, {{p.values, p.stride}, {p.grad_out, p.D}, {p.grad_dense, p.D}, {p.grad_sparse, p.D}});
+  mk_status st;
+  if (vec) {
+    st = p.D <= 64 * VEC ? launch_chunks<V, K, VEC, 1>(p, max_chunks, stream)
+                         : launch_chunks<V, K, VEC, 4>(p, max_chunks, stream);
+  } else {
+    st = p.D <= 64 ? launch_chunks<V, K, 1, 1>(p, max_chunks, stream)
+                   : launch_chunks<V, K, 1, 4>(p, max_chunks, stream);
+  }
+  if (st != MK_OK) return st;
+
+  const int64_t max_hot = P / (p.C + 1);
+  if ((p.grad_dense || p.grad_sparse) && max_hot > 0) {
+    dim3 grid(unsigned((p.D + 255) / 256), unsigned(max_hot < 1024 ? max_hot : 1024));
+    eb_backward_combine_kernel<V, K><<<grid, 256, 0, stream>>>(p);
+    MK_LAUNCH_CHECK();
+  }
+  return MK_OK;
+}
+
+template <class F>
+mk_status dispatch_value(mk_dtype t, F&& f) {
+  switch (t) {
+    case MK_F32: return f(float{});
+    case MK_F64: return f(double{});
+    case MK_F16: return f(__half{});
+    case MK_BF16: return f(__nv_bfloat16{});
+  }
+  return MK_ERR_UNSUPPORTED;
+}
+
+template <class F>
+mk_status dispatch_index(mk_index_dtype t, F&& f) {
+  switch (t) {
+    case MK_I32: return f(int32_t{});
+    case MK_I64: return f(int64_t{});
+  }
+  return MK_ERR_UNSUPPORTED;
+}
+
+}  // namespace
+
+mk_status eb_forward_cuda(const mk_embedding_bag_fwd_args& a, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  return dispatch_value(a.value_dtype, [&](auto v) {
+    using V = decltype(v);
+    return dispatch_index(a.index_dtype, [&](auto i) { return forward<V, decltype(i)>(a, s); });
+  });
+}
+
+mk_status eb_backward_scratch_cuda(const mk_embedding_bag_bwd_args& a, size_t* bytes) {
+  const int64_t P = a.num_bags * a.bag_size;
+  return dispatch_index(a.index_dtype, [&](auto i) {
+    using K = typename std::make_unsigned<decltype(i)>::type;
+    return cub_temp_bytes<K>(P, eb_sort_bits(a.num_rows), bytes);
+  });
+}
+
+mk_status eb_backward_plan_cuda(const mk_embedding_bag_bwd_args& a, char* ws,
+                                const EbWorkspaceLayout& l, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  return dispatch_index(a.index_dtype, [&](auto i) { return plan<decltype(i)>(a, ws, l, s); });
+}
+
+mk_status eb_backward_count_cuda(const char* ws, const EbWorkspaceLayout& l, void* stream,
+                                 int64_t* num_unique) {
+  auto s = static_cast<cudaStream_t>(stream);
+  int32_t host = 0;
+  MK_CUDA_TRY(cudaMemcpyAsync(&host, ws + l.counters + sizeof(int32_t) * kNumUnique,
+                              sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+  MK_CUDA_TRY(cudaStreamSynchronize(s));
+  *num_unique = host;
+  return MK_OK;
+}
+
+mk_status eb_backward_reduce_cuda(const mk_embedding_bag_bwd_args& a, char* ws,
+                                  const EbWorkspaceLayout& l, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  return dispatch_value(a.value_dtype, [&](auto v) {
+    using V = decltype(v);
+    return dispatch_index(a.index_dtype, [&](auto i) { return reduce<V, decltype(i)>(a, ws, l, s); });
+  });
+}
+
+}  // namespace mk

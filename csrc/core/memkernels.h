@@ -1,0 +1,120 @@
+/*
+ * memkernels C ABI: the torch-free face of the core kernels.
+ *
+ * Every function takes raw pointers, sizes and strides (in elements), a device
+ * and, for CUDA, a cudaStream_t passed as void*. Nothing here allocates device
+ * memory: callers pass a workspace sized by the matching *_workspace_size call.
+ * All functions return an mk_status; mk_status_string() names it.
+ *
+ * Weighted embedding bag (fixed-size bags):
+ *   out[t, :] = sum_j weights[t, j] * values[indices[t, j], :]
+ * values [N, D] in f32/f16/bf16/f64 with unit column stride and any row stride;
+ * indices [T, B] int32 or int64, contiguous; weights [T, B] contiguous in the
+ * accumulation type (f64 for f64 values, f32 otherwise); out [T, D] in the
+ * values' dtype. Accumulation is in the accumulation type.
+ *
+ * The backward is atomic-free and deterministic (docs/embedding_bag.md):
+ *   1. mk_embedding_bag_backward_plan    sort pairs by row, find segments
+ *   2. mk_embedding_bag_backward_count   (optional) read the number of distinct rows
+ *   3. mk_embedding_bag_backward_reduce  one pass: row gradients and weight gradients
+ * The workspace must stay untouched between the three calls.
+ */
+#ifndef MEMKERNELS_H_
+#define MEMKERNELS_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define MK_API __declspec(dllexport)
+#else
+#define MK_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mk_status {
+  MK_OK = 0,
+  MK_ERR_INVALID_ARGUMENT = 1,  /* a size, pointer or stride is invalid */
+  MK_ERR_INDEX_OUT_OF_RANGE = 2, /* an index is outside [0, num_rows) */
+  MK_ERR_UNSUPPORTED = 3,        /* dtype or device this build does not support */
+  MK_ERR_CUDA = 4,               /* a CUDA runtime call or launch failed */
+  MK_ERR_WORKSPACE_TOO_SMALL = 5
+} mk_status;
+
+typedef enum mk_dtype { MK_F32 = 0, MK_F16 = 1, MK_BF16 = 2, MK_F64 = 3 } mk_dtype;
+typedef enum mk_index_dtype { MK_I32 = 0, MK_I64 = 1 } mk_index_dtype;
+typedef enum mk_device { MK_CPU = 0, MK_CUDA = 1 } mk_device;
+
+typedef struct mk_embedding_bag_fwd_args {
+  int64_t num_rows;   /* N */
+  int64_t dim;        /* D */
+  int64_t num_bags;   /* T */
+  int64_t bag_size;   /* B */
+  mk_dtype value_dtype;
+  mk_index_dtype index_dtype;
+  const void* values;        /* [N, D], row stride values_row_stride */
+  int64_t values_row_stride; /* elements, >= D */
+  const void* indices;       /* [T, B] contiguous */
+  const void* weights;       /* [T, B] contiguous, accumulation type */
+  void* out;                 /* [T, D] contiguous, values' dtype */
+  /* Index checking. CPU: when check_indices != 0, a bad index makes the call
+   * return MK_ERR_INDEX_OUT_OF_RANGE and *bad_position (if not NULL) receives
+   * the first flat position t*B+j holding one. CUDA: when error_flag (a device
+   * int32) is not NULL, a kernel that meets a bad index stores 1 there; the
+   * caller reads it. On both devices a bad index is never dereferenced: its
+   * term is skipped. */
+  int check_indices;
+  int64_t* bad_position;
+  int32_t* error_flag;
+  int num_threads; /* CPU threads; 0 uses the OpenMP default */
+} mk_embedding_bag_fwd_args;
+
+typedef struct mk_embedding_bag_bwd_args {
+  int64_t num_rows, dim, num_bags, bag_size;
+  mk_dtype value_dtype;
+  mk_index_dtype index_dtype;
+  const void* values; /* [N, D], read for the weights' gradient */
+  int64_t values_row_stride;
+  const void* indices;  /* [T, B] contiguous */
+  const void* weights;  /* [T, B] contiguous, accumulation type */
+  const void* grad_out; /* [T, D] contiguous, values' dtype */
+  /* Outputs. grad_weights may be NULL (not computed). Exactly one of
+   * grad_values (dense [N, D] contiguous, values' dtype, fully written:
+   * untouched rows are zero) and sparse_rows/sparse_grads (distinct rows in
+   * ascending order as int64 [U], their gradients [U, D] contiguous in the
+   * values' dtype) may be set, or neither. */
+  void* grad_weights; /* [T, B] accumulation type */
+  void* grad_values;
+  int64_t* sparse_rows;
+  void* sparse_grads;
+  int num_threads; /* CPU threads; 0 uses the OpenMP default */
+} mk_embedding_bag_bwd_args;
+
+MK_API const char* mk_status_string(mk_status status);
+/* JSON text: version, backends built, CUDA version and architectures. */
+MK_API const char* mk_build_info(void);
+
+MK_API mk_status mk_embedding_bag_forward(const mk_embedding_bag_fwd_args* args, mk_device device,
+                                          void* stream);
+
+MK_API mk_status mk_embedding_bag_backward_workspace_size(const mk_embedding_bag_bwd_args* args,
+                                                          mk_device device, size_t* bytes);
+MK_API mk_status mk_embedding_bag_backward_plan(const mk_embedding_bag_bwd_args* args,
+                                                void* workspace, size_t workspace_bytes,
+                                                mk_device device, void* stream);
+/* Host-visible number of distinct rows; on CUDA this synchronises the stream. */
+MK_API mk_status mk_embedding_bag_backward_count(const mk_embedding_bag_bwd_args* args,
+                                                 const void* workspace, mk_device device,
+                                                 void* stream, int64_t* num_unique);
+MK_API mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_args* args,
+                                                  void* workspace, size_t workspace_bytes,
+                                                  mk_device device, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MEMKERNELS_H_ */

@@ -1,0 +1,218 @@
+// Torch glue for the weighted embedding bag: checks, tensor plumbing and the
+// calls into the core, shared by the CPU and CUDA registrations.
+#include "embedding_bag.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+namespace mkt {
+
+namespace {
+
+constexpr const char* kFwd = "memkernels.embedding_bag";
+constexpr const char* kBwd = "memkernels.embedding_bag_backward";
+
+// Checks shared by forward and backward. Returns the weights converted to the
+// accumulation dtype, contiguous.
+at::Tensor check_inputs(const char* op, const at::Tensor& values, const at::Tensor& indices,
+                        const at::Tensor& weights) {
+  check_dim(op, values, "values", 2, "[num_rows, dim]");
+  check_dim(op, indices, "indices", 2, "[num_bags, bag_size]");
+  check_dim(op, weights, "weights", 2, "[num_bags, bag_size]");
+  TORCH_CHECK(is_value_dtype(values.scalar_type()), op,
+              ": values must be float32, float16, bfloat16 or float64; got ",
+              values.scalar_type());
+  TORCH_CHECK(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong, op,
+              ": indices must be int32 or int64; got ", indices.scalar_type());
+  TORCH_CHECK(weights.scalar_type() == at::kFloat ||
+                  weights.scalar_type() == values.scalar_type(),
+              op, ": weights must be float32 or the values' dtype (", values.scalar_type(),
+              "); got ", weights.scalar_type());
+  check_same_device(op, values, "values", indices, "indices");
+  check_same_device(op, values, "values", weights, "weights");
+  TORCH_CHECK(values.device().is_cpu() || values.device().is_cuda(), op,
+              ": tensors must be on a CPU or CUDA device; got ", values.device());
+  TORCH_CHECK(weights.sizes() == indices.sizes(), op,
+              ": weights must have the shape of indices ", indices.sizes(), "; got ",
+              weights.sizes());
+  TORCH_CHECK(values.size(1) >= 1, op, ": values must have at least one column; got shape ",
+              values.sizes());
+  TORCH_CHECK(indices.size(1) >= 1 || indices.size(0) == 0, op,
+              ": bags must hold at least one index; got indices of shape ", indices.sizes());
+  TORCH_CHECK(values.stride(1) == 1 || values.size(1) == 1, op,
+              ": values must have unit stride along its last dimension; got strides ",
+              values.strides(), " (call .contiguous())");
+  return weights.to(acc_dtype(values.scalar_type())).contiguous();
+}
+
+int64_t row_stride(const at::Tensor& values) {
+  return values.size(0) > 1 ? values.stride(0) : values.size(1);
+}
+
+// Names the first index outside [0, N) in an error. Only reached on failure.
+[[noreturn]] void report_bad_index(const at::Tensor& indices, int64_t num_rows) {
+  const at::Tensor flat = indices.reshape({-1}).to(at::kCPU, at::kLong);
+  const int64_t* p = flat.data_ptr<int64_t>();
+  const int64_t B = indices.size(1);
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    if (p[i] < 0 || p[i] >= num_rows) {
+      TORCH_CHECK_INDEX(false, kFwd, ": indices[", i / B, ", ", i % B, "] = ", p[i],
+                        " is outside [0, ", num_rows, ") (values has ", num_rows, " rows)");
+    }
+  }
+  TORCH_CHECK_INDEX(false, kFwd, ": an index is outside [0, ", num_rows, ")");
+}
+
+mk_embedding_bag_bwd_args backward_args(const at::Tensor& grad_out, const at::Tensor& values,
+                                        const at::Tensor& indices, const at::Tensor& weights_acc) {
+  mk_embedding_bag_bwd_args a{};
+  a.num_rows = values.size(0);
+  a.dim = values.size(1);
+  a.num_bags = indices.size(0);
+  a.bag_size = indices.size(1);
+  a.value_dtype = to_mk_dtype(values.scalar_type());
+  a.index_dtype = to_mk_index(indices.scalar_type());
+  a.values = values.data_ptr();
+  a.values_row_stride = row_stride(values);
+  a.indices = indices.data_ptr();
+  a.weights = weights_acc.data_ptr();
+  a.grad_out = grad_out.data_ptr();
+  a.num_threads = at::get_num_threads();
+  return a;
+}
+
+at::Tensor check_grad_out(const at::Tensor& grad_out, const at::Tensor& values,
+                          const at::Tensor& indices) {
+  check_dim(kBwd, grad_out, "grad_out", 2, "[num_bags, dim]");
+  check_same_device(kBwd, values, "values", grad_out, "grad_out");
+  TORCH_CHECK(grad_out.size(0) == indices.size(0) && grad_out.size(1) == values.size(1), kBwd,
+              ": grad_out must have shape [", indices.size(0), ", ", values.size(1), "]; got ",
+              grad_out.sizes());
+  return grad_out.to(values.scalar_type()).contiguous();
+}
+
+// Runs the plan; returns the workspace.
+at::Tensor plan_backward(const mk_embedding_bag_bwd_args& a, const at::Tensor& values,
+                         Backend be) {
+  size_t bytes = 0;
+  check_status(mk_embedding_bag_backward_workspace_size(&a, be.device, &bytes), kBwd);
+  at::Tensor ws = at::empty({int64_t(bytes)}, values.options().dtype(at::kByte));
+  mk_status st = mk_embedding_bag_backward_plan(&a, ws.data_ptr(), bytes, be.device, be.stream);
+  TORCH_CHECK_INDEX(st != MK_ERR_INDEX_OUT_OF_RANGE, kBwd, ": an index is outside [0, ",
+                    a.num_rows, ")");
+  check_status(st, kBwd);
+  return ws;
+}
+
+}  // namespace
+
+at::Tensor embedding_bag_forward(const at::Tensor& values, const at::Tensor& indices_in,
+                                 const at::Tensor& weights, bool check_indices, Backend be) {
+  at::Tensor weights_acc = check_inputs(kFwd, values, indices_in, weights);
+  at::Tensor indices = indices_in.contiguous();
+  const int64_t T = indices.size(0), D = values.size(1), N = values.size(0);
+  at::Tensor out = at::empty({T, D}, values.options().memory_format(at::MemoryFormat::Contiguous));
+  if (T == 0) return out;
+
+  mk_embedding_bag_fwd_args a{};
+  a.num_rows = N;
+  a.dim = D;
+  a.num_bags = T;
+  a.bag_size = indices.size(1);
+  a.value_dtype = to_mk_dtype(values.scalar_type());
+  a.index_dtype = to_mk_index(indices.scalar_type());
+  a.values = values.data_ptr();
+  a.values_row_stride = row_stride(values);
+  a.indices = indices.data_ptr();
+  a.weights = weights_acc.data_ptr();
+  a.out = out.data_ptr();
+  a.check_indices = check_indices ? 1 : 0;
+  a.num_threads = at::get_num_threads();
+  int64_t bad = -1;
+  a.bad_position = &bad;
+  at::Tensor flag;
+  if (check_indices && be.device == MK_CUDA) {
+    flag = at::zeros({1}, indices.options().dtype(at::kInt));
+    a.error_flag = flag.data_ptr<int32_t>();
+  }
+  mk_status st = mk_embedding_bag_forward(&a, be.device, be.stream);
+  if (st == MK_ERR_INDEX_OUT_OF_RANGE) report_bad_index(indices, N);
+  check_status(st, kFwd);
+  if (flag.defined() && flag.item<int32_t>() != 0) report_bad_index(indices, N);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad_out_in,
+                                                          const at::Tensor& values,
+                                                          const at::Tensor& indices_in,
+                                                          const at::Tensor& weights, Backend be) {
+  at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
+  at::Tensor indices = indices_in.contiguous();
+  at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);
+  at::Tensor grad_values = at::empty({values.size(0), values.size(1)}, values.options());
+  at::Tensor grad_w = at::empty(indices.sizes(), weights_acc.options());
+  mk_embedding_bag_bwd_args a = backward_args(grad_out, values, indices, weights_acc);
+  a.grad_weights = grad_w.data_ptr();
+  a.grad_values = grad_values.data_ptr();
+  at::Tensor ws = plan_backward(a, values, be);
+  check_status(mk_embedding_bag_backward_reduce(&a, ws.data_ptr(), size_t(ws.numel()), be.device,
+                                                be.stream),
+               kBwd);
+  return {grad_values, grad_w.to(weights.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
+    const at::Tensor& grad_out_in, const at::Tensor& values, const at::Tensor& indices_in,
+    const at::Tensor& weights, Backend be) {
+  at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
+  at::Tensor indices = indices_in.contiguous();
+  at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);
+  at::Tensor grad_w = at::empty(indices.sizes(), weights_acc.options());
+  mk_embedding_bag_bwd_args a = backward_args(grad_out, values, indices, weights_acc);
+  at::Tensor ws = plan_backward(a, values, be);
+  int64_t num_unique = 0;
+  check_status(mk_embedding_bag_backward_count(&a, ws.data_ptr(), be.device, be.stream,
+                                               &num_unique),
+               kBwd);
+  at::Tensor rows = at::empty({num_unique}, indices.options().dtype(at::kLong));
+  at::Tensor row_grads = at::empty({num_unique, values.size(1)}, values.options());
+  a.grad_weights = grad_w.data_ptr();
+  a.sparse_rows = rows.data_ptr<int64_t>();
+  a.sparse_grads = row_grads.data_ptr();
+  check_status(mk_embedding_bag_backward_reduce(&a, ws.data_ptr(), size_t(ws.numel()), be.device,
+                                                be.stream),
+               kBwd);
+  return {rows, row_grads, grad_w.to(weights.scalar_type())};
+}
+
+namespace {
+
+constexpr Backend kCpu{MK_CPU, nullptr};
+
+at::Tensor forward_cpu(const at::Tensor& values, const at::Tensor& indices,
+                       const at::Tensor& weights, bool /*sparse*/, bool check_indices) {
+  return embedding_bag_forward(values, indices, weights, check_indices, kCpu);
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out, const at::Tensor& values,
+                                                const at::Tensor& indices,
+                                                const at::Tensor& weights) {
+  return embedding_bag_backward(grad_out, values, indices, weights, kCpu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_sparse_cpu(const at::Tensor& grad_out,
+                                                                   const at::Tensor& values,
+                                                                   const at::Tensor& indices,
+                                                                   const at::Tensor& weights) {
+  return embedding_bag_backward_sparse(grad_out, values, indices, weights, kCpu);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(memkernels, CPU, m) {
+  m.impl("embedding_bag", &forward_cpu);
+  m.impl("embedding_bag_backward", &backward_cpu);
+  m.impl("embedding_bag_backward_sparse", &backward_sparse_cpu);
+}
+
+}  // namespace mkt

@@ -1,0 +1,25 @@
+// Device-generic torch entry points of the weighted embedding bag; the CPU
+// and CUDA registrations call these with their Backend.
+#pragma once
+
+#include <tuple>
+
+#include "common.h"
+
+namespace mkt {
+
+at::Tensor embedding_bag_forward(const at::Tensor& values, const at::Tensor& indices,
+                                 const at::Tensor& weights, bool check_indices, Backend be);
+
+// (grad_values dense [N, D], grad_weights [T, B])
+std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad_out,
+                                                          const at::Tensor& values,
+                                                          const at::Tensor& indices,
+                                                          const at::Tensor& weights, Backend be);
+
+// (rows int64 [U] ascending, row gradients [U, D], grad_weights [T, B])
+std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
+    const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
+    const at::Tensor& weights, Backend be);
+
+}  // namespace mkt

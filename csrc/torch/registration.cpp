@@ -1,0 +1,48 @@
+// Every memkernels schema, in one TORCH_LIBRARY, and the Python module init
+// of memkernels._C (plain CPython API: the torch ops need no pybind11).
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "../core/memkernels.h"
+
+#ifndef MK_TORCH_VERSION
+#define MK_TORCH_VERSION "unknown"
+#endif
+#ifndef MK_CUDA_VERSION
+#define MK_CUDA_VERSION ""
+#endif
+
+TORCH_LIBRARY(memkernels, m) {
+  m.def(
+      "embedding_bag(Tensor values, Tensor indices, Tensor weights, bool sparse=False, "
+      "bool check_indices=True) -> Tensor");
+  m.def(
+      "embedding_bag_backward(Tensor grad_out, Tensor values, Tensor indices, Tensor weights) "
+      "-> (Tensor grad_values, Tensor grad_weights)");
+  m.def(
+      "embedding_bag_backward_sparse(Tensor grad_out, Tensor values, Tensor indices, "
+      "Tensor weights) -> (Tensor rows, Tensor row_grads, Tensor grad_weights)");
+}
+
+namespace {
+
+// JSON: the core's build facts plus the torch and CUDA versions compiled against.
+PyObject* build_info(PyObject*, PyObject*) {
+  std::string core = mk_build_info();
+  core.pop_back();  // drop the closing brace
+  core += ", \"torch\": \"" MK_TORCH_VERSION "\", \"cuda\": \"" MK_CUDA_VERSION "\"}";
+  return PyUnicode_FromString(core.c_str());
+}
+
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS, "JSON text describing this build."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module); }

@@ -1,0 +1,36 @@
+"""memkernels: fast kernels for memory layers (product-key memory).
+
+Ops (each with CPU and CUDA kernels, autograd and torch.compile support):
+
+- :func:`embedding_bag`: weighted fixed-size embedding bag with an atomic-free,
+  deterministic backward (dense or row-sparse value gradient).
+
+See ``docs/`` for the op contracts and ``memkernels.reference`` for the
+pure-PyTorch oracle.
+"""
+
+import json as _json
+
+import torch as _torch
+
+from . import _C  # noqa: F401  (loads the extension and registers torch.ops.memkernels)
+from . import reference
+from .ops import embedding_bag
+
+__version__ = "0.1.0"
+
+__all__ = ["embedding_bag", "build_info", "reference", "__version__"]
+
+
+def build_info() -> dict:
+    """What this installation was built with.
+
+    Returns a dict with ``version``, ``backends`` (``["cpu"]`` or
+    ``["cpu", "cuda"]``), ``cuda_archs`` (the TORCH_CUDA_ARCH_LIST compiled),
+    ``openmp``, ``torch`` (the torch version compiled against) and ``cuda``
+    (torch's CUDA version at build time, empty for CPU-only builds), plus
+    ``torch_runtime``, the torch imported now.
+    """
+    info = _json.loads(_C.build_info())
+    info["torch_runtime"] = _torch.__version__
+    return info
