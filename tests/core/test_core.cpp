@@ -1,0 +1,184 @@
+// CPU tests of the core through its C ABI only: forward and backward (dense
+// and row-sparse) against a naive fp64 reference, determinism across runs and
+// thread counts, and the error codes.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+
+namespace {
+
+template <class F>
+mk_dtype dtype_of();
+template <>
+mk_dtype dtype_of<float>() {
+  return MK_F32;
+}
+template <>
+mk_dtype dtype_of<double>() {
+  return MK_F64;
+}
+
+struct Grads {
+  std::vector<int64_t> rows;
+  std::vector<double> out, dense, sparse, gw;
+};
+
+template <class F>
+mk_status run(const Problem<F>& pb, int threads, bool sparse, std::vector<F>& out,
+              std::vector<F>& gv, std::vector<F>& gw, std::vector<int64_t>& rows) {
+  const Case& c = pb.c;
+  mk_embedding_bag_fwd_args f{};
+  f.num_rows = c.N;
+  f.dim = c.D;
+  f.num_bags = c.T;
+  f.bag_size = c.B;
+  f.value_dtype = dtype_of<F>();
+  f.index_dtype = MK_I64;
+  f.values = pb.values.data();
+  f.values_row_stride = c.D;
+  f.indices = pb.indices.data();
+  f.weights = pb.weights.data();
+  out.assign(size_t(c.T * c.D), F(-1));
+  f.out = out.data();
+  f.check_indices = 1;
+  f.num_threads = threads;
+  mk_status st = mk_embedding_bag_forward(&f, MK_CPU, nullptr);
+  if (st != MK_OK) return st;
+
+  mk_embedding_bag_bwd_args b{};
+  b.num_rows = c.N;
+  b.dim = c.D;
+  b.num_bags = c.T;
+  b.bag_size = c.B;
+  b.value_dtype = dtype_of<F>();
+  b.index_dtype = MK_I64;
+  b.values = pb.values.data();
+  b.values_row_stride = c.D;
+  b.indices = pb.indices.data();
+  b.weights = pb.weights.data();
+  b.grad_out = pb.grad_out.data();
+  gw.assign(size_t(c.T * c.B), F(-1));
+  b.grad_weights = gw.data();
+  b.num_threads = threads;
+  size_t bytes = 0;
+  st = mk_embedding_bag_backward_workspace_size(&b, MK_CPU, &bytes);
+  if (st != MK_OK) return st;
+  std::vector<unsigned char> ws(bytes);
+  st = mk_embedding_bag_backward_plan(&b, ws.data(), bytes, MK_CPU, nullptr);
+  if (st != MK_OK) return st;
+  if (sparse) {
+    int64_t u = 0;
+    st = mk_embedding_bag_backward_count(&b, ws.data(), MK_CPU, nullptr, &u);
+    if (st != MK_OK) return st;
+    rows.assign(size_t(u), -1);
+    gv.assign(size_t(u * c.D), F(-1));
+    b.sparse_rows = rows.data();
+    b.sparse_grads = gv.data();
+  } else {
+    gv.assign(size_t(c.N * c.D), F(-1));
+    b.grad_values = gv.data();
+  }
+  return mk_embedding_bag_backward_reduce(&b, ws.data(), bytes, MK_CPU, nullptr);
+}
+
+template <class F>
+void check_case(Case c, double tol) {
+  Problem<F> pb(c, unsigned(c.N * 131 + c.D * 7 + c.T * 3 + c.B));
+  std::vector<double> ref_out, ref_gv, ref_gw;
+  pb.reference(ref_out, ref_gv, ref_gw);
+  std::vector<F> out, gv, gw, out2, gv2, gw2, sgv, sgw;
+  std::vector<int64_t> rows, srows;
+  CHECK(run(pb, 0, false, out, gv, gw, rows) == MK_OK, "dense run failed");
+  CHECK(max_rel_err(out, ref_out) < tol, "forward error %g", max_rel_err(out, ref_out));
+  CHECK(max_rel_err(gv, ref_gv) < tol, "grad_values error %g", max_rel_err(gv, ref_gv));
+  CHECK(max_rel_err(gw, ref_gw) < tol, "grad_weights error %g", max_rel_err(gw, ref_gw));
+
+  // Same bits with one thread and with three.
+  CHECK(run(pb, 1, false, out2, gv2, gw2, rows) == MK_OK, "one-thread run failed");
+  CHECK(bitwise_equal(out, out2) && bitwise_equal(gv, gv2) && bitwise_equal(gw, gw2),
+        "results differ between thread counts");
+  CHECK(run(pb, 3, false, out2, gv2, gw2, rows) == MK_OK, "three-thread run failed");
+  CHECK(bitwise_equal(gv, gv2) && bitwise_equal(gw, gw2), "results differ between runs");
+
+  // Sparse: distinct ascending rows whose gradients are the dense rows.
+  CHECK(run(pb, 0, true, out2, sgv, sgw, srows) == MK_OK, "sparse run failed");
+  std::vector<int64_t> want(pb.indices);
+  std::sort(want.begin(), want.end());
+  want.erase(std::unique(want.begin(), want.end()), want.end());
+  CHECK(srows == want, "sparse rows are not the distinct sorted indices");
+  bool same = bitwise_equal(sgw, gw);
+  for (size_t s = 0; s < srows.size() && same; ++s)
+    same = std::memcmp(&sgv[s * size_t(c.D)], &gv[size_t(srows[s]) * size_t(c.D)],
+                       sizeof(F) * size_t(c.D)) == 0;
+  CHECK(same, "sparse gradients differ from the dense ones");
+}
+
+void check_errors() {
+  Problem<float> pb({10, 4, 3, 2, false}, 1);
+  pb.indices[5] = 10;
+  std::vector<float> out, gv, gw;
+  std::vector<int64_t> rows;
+  mk_embedding_bag_fwd_args f{};
+  f.num_rows = 10;
+  f.dim = 4;
+  f.num_bags = 3;
+  f.bag_size = 2;
+  f.values = pb.values.data();
+  f.values_row_stride = 4;
+  f.indices = pb.indices.data();
+  f.index_dtype = MK_I64;
+  f.weights = pb.weights.data();
+  out.resize(12);
+  f.out = out.data();
+  f.check_indices = 1;
+  int64_t bad = -1;
+  f.bad_position = &bad;
+  CHECK(mk_embedding_bag_forward(&f, MK_CPU, nullptr) == MK_ERR_INDEX_OUT_OF_RANGE,
+        "bad index not reported");
+  CHECK(bad == 5, "bad position %lld", (long long)bad);
+  f.dim = 0;
+  CHECK(mk_embedding_bag_forward(&f, MK_CPU, nullptr) == MK_ERR_INVALID_ARGUMENT, "dim 0 accepted");
+  f.dim = 4;
+  f.values_row_stride = 3;
+  CHECK(mk_embedding_bag_forward(&f, MK_CPU, nullptr) == MK_ERR_INVALID_ARGUMENT,
+        "row stride < dim accepted");
+  CHECK(run(pb, 0, false, out, gv, gw, rows) == MK_ERR_INDEX_OUT_OF_RANGE,
+        "backward plan accepted a bad index");
+
+  mk_embedding_bag_bwd_args b{};
+  b.num_rows = 10;
+  b.dim = 4;
+  b.num_bags = 3;
+  b.bag_size = 2;
+  b.values = pb.values.data();
+  b.values_row_stride = 4;
+  b.indices = pb.indices.data();
+  b.weights = pb.weights.data();
+  b.grad_out = pb.grad_out.data();
+  size_t bytes = 0;
+  CHECK(mk_embedding_bag_backward_workspace_size(&b, MK_CPU, &bytes) == MK_OK, "size failed");
+  std::vector<unsigned char> ws(bytes);
+  CHECK(mk_embedding_bag_backward_plan(&b, ws.data(), bytes - 1, MK_CPU, nullptr) ==
+            MK_ERR_WORKSPACE_TOO_SMALL,
+        "short workspace accepted");
+  CHECK(std::string(mk_status_string(MK_ERR_INDEX_OUT_OF_RANGE)) == "index out of range",
+        "status string");
+}
+
+}  // namespace
+
+int main() {
+  const Case cases[] = {
+      {97, 1, 23, 7, false}, {97, 5, 23, 1, false},  {97, 64, 23, 7, false},
+      {1000, 300, 40, 3, false}, {10, 33, 200, 3, true}, {5, 17, 1, 4, false},
+      {3, 8, 0, 2, false},
+  };
+  for (const Case& c : cases) {
+    check_case<float>(c, 1e-5);
+    check_case<double>(c, 1e-12);
+  }
+  check_errors();
+  return finish("test_core");
+}
