@@ -1,0 +1,318 @@
+"""memkernels bench suite: each op side by side with its PyTorch baselines, in
+one process on one device, against ceilings measured at start-up.
+
+    python -m memkernels.bench                      # quick preset on CPU, paper preset on a GPU
+    python -m memkernels.bench --preset paper --out results/
+
+For every case it reports the median time, the bytes the op must move (a
+written count, see ``embedding_bag_bytes``), the achieved GB/s, the percent of
+the measured copy bandwidth, peak memory, and the speedup over each baseline.
+It prints a table last and writes ``bench.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+import memkernels
+from memkernels import reference
+
+# ---- timing ---------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[int], object], device: torch.device, warmup: int = 3, reps: int = 20) -> List[float]:
+    """Seconds per call of ``fn(i)`` for ``reps`` calls after ``warmup``.
+
+    ``i`` is the call number, so ``fn`` can rotate among several input sets
+    and keep caches from flattering. On CUDA each call is timed with events.
+    """
+    for i in range(warmup):
+        fn(i)
+    _sync(device)
+    times = []
+    if device.type == "cuda":
+        for i in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(i)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        for i in range(reps):
+            t0 = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _peak_reset(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    return 0
+
+
+def _peak_bytes(device, base):
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    return None
+
+
+# ---- ceilings -----------------------------------------------------------------------
+
+
+def measure_ceilings(device: torch.device, quick: bool) -> Dict[str, float]:
+    """Copy bandwidth (bytes read + written per second) and matmul rate."""
+    n_bytes = (256 << 20) if device.type == "cpu" or quick else (2 << 30)
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = statistics.median(time_fn(lambda i: dst.copy_(src), device, warmup=3, reps=10))
+    copy_gbs = 2 * n_bytes / t / 1e9
+    del src, dst
+    if device.type == "cuda":
+        n, dtype = (2048 if quick else 8192), torch.bfloat16
+    else:
+        n, dtype = 1024, torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = statistics.median(time_fn(lambda i: a @ b, device, warmup=2, reps=10))
+    return {"copy_GBps": copy_gbs, "matmul_TFLOPs": 2 * n**3 / t / 1e12, "matmul_dtype": str(dtype)}
+
+
+# ---- byte counts -----------------------------------------------------------------------
+
+
+def embedding_bag_bytes(N: int, D: int, T: int, B: int, elt: int, idx: int, unique_rows: int, part: str) -> int:
+    """The fewest bytes each part must move through memory.
+
+    forward: every gathered row once (T*B*D), indices and fp32 weights, the
+        output once.
+    backward_sparse: grad_out once, each distinct value row read once (for the
+        weights' gradient) and its gradient written once, indices and weights
+        read, the weights' gradient written.
+    backward_dense: as sparse, plus the dense gradient's untouched rows
+        written (zeros): N*D in all instead of U*D.
+    """
+    pairs = T * B
+    if part == "forward":
+        return pairs * D * elt + pairs * (idx + 4) + T * D * elt
+    common = T * D * elt + unique_rows * D * elt + pairs * (idx + 4) + pairs * 4
+    if part == "backward_sparse":
+        return common + unique_rows * D * elt
+    if part == "backward_dense":
+        return common + N * D * elt
+    raise ValueError(part)
+
+
+# ---- cases -----------------------------------------------------------------------------
+
+
+@dataclass
+class EBCase:
+    name: str
+    N: int
+    D: int
+    T: int
+    B: int
+    dtype: str
+    index_dtype: str = "int64"
+
+
+PRESETS = {
+    # CPU-sized: the whole suite well under a minute.
+    "quick": [EBCase("eb_cpu", 65536, 256, 2048, 128, "float32")],
+    # The design's reference shapes (GPU).
+    "paper": [
+        EBCase("eb_ref_bag32", 1 << 20, 4096, 4096, 32, "bfloat16"),
+        EBCase("eb_ref_bag128", 1 << 20, 4096, 4096, 128, "bfloat16"),
+    ],
+    # For the test suite: tiny, seconds.
+    "tiny": [EBCase("eb_tiny", 1000, 24, 16, 4, "float32")],
+}
+
+
+@dataclass
+class Row:
+    op: str
+    case: str
+    impl: str
+    part: str
+    device: str
+    shape: Dict[str, object]
+    median_s: float
+    times_s: List[float]
+    bytes: int
+    GBps: float
+    pct_copy: float
+    peak_bytes: Optional[int]
+    speedup: Dict[str, float] = field(default_factory=dict)
+
+
+def _inputs(case: EBCase, device, sets: int):
+    dtype = getattr(torch, case.dtype)
+    idt = getattr(torch, case.index_dtype)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    values = torch.randn(case.N, case.D, generator=g).to(device=device, dtype=dtype)
+    batches = []
+    for _ in range(sets):
+        idx = torch.randint(0, case.N, (case.T, case.B), generator=g).to(device=device, dtype=idt)
+        w = torch.randn(case.T, case.B, generator=g).to(device)
+        gout = torch.randn(case.T, case.D, generator=g).to(device=device, dtype=dtype)
+        batches.append((idx, w, gout))
+    return values, batches
+
+
+def _eb_impls(values, batches, case):
+    """forward and forward+backward callables per implementation."""
+    dtype = values.dtype
+
+    def ours(i, backward, sparse=False):
+        idx, w, gout = batches[i % len(batches)]
+        v = values.requires_grad_(backward)
+        ww = w.requires_grad_(backward)
+        out = memkernels.embedding_bag(v, idx, ww, sparse=sparse, check_indices=False)
+        if backward:
+            torch.autograd.grad(out, (v, ww), gout)
+        return out
+
+    def torch_op(i, backward):
+        idx, w, gout = batches[i % len(batches)]
+        v = values.requires_grad_(backward)
+        ww = w.to(dtype).requires_grad_(backward)
+        out = F.embedding_bag(idx, v, mode="sum", per_sample_weights=ww)
+        if backward:
+            torch.autograd.grad(out, (v, ww), gout)
+        return out
+
+    def ref(i, backward):
+        idx, w, gout = batches[i % len(batches)]
+        v = values.requires_grad_(backward)
+        ww = w.requires_grad_(backward)
+        out = reference.embedding_bag(v, idx, ww)
+        if backward:
+            torch.autograd.grad(out, (v, ww), gout)
+        return out
+
+    return {
+        "memkernels": lambda i, bw: ours(i, bw),
+        "memkernels_sparse": lambda i, bw: ours(i, bw, sparse=True),
+        "torch.F.embedding_bag": torch_op,
+        "reference": ref,
+    }
+
+
+def bench_embedding_bag(case: EBCase, device: torch.device, ceilings, reps: int, impls=None) -> List[Row]:
+    values, batches = _inputs(case, device, sets=3)
+    elt = values.element_size()
+    idx_bytes = 8 if case.index_dtype == "int64" else 4
+    unique = int(statistics.mean(torch.unique(b[0]).numel() for b in batches))
+    shape = asdict(case)
+    rows: List[Row] = []
+    all_impls = _eb_impls(values, batches, case)
+    for impl, fn in all_impls.items():
+        if impls and impl not in impls:
+            continue
+        for part, backward in (("forward", False), ("forward+backward", True)):
+            if impl == "memkernels_sparse" and not backward:
+                continue
+            base = _peak_reset(device)
+            try:
+                times = time_fn(lambda i: fn(i, backward), device, warmup=2, reps=reps)
+            except torch.OutOfMemoryError:
+                continue
+            peak = _peak_bytes(device, base)
+            nbytes = embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, idx_bytes, unique, "forward")
+            if backward:
+                bpart = "backward_sparse" if impl == "memkernels_sparse" else "backward_dense"
+                nbytes += embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, idx_bytes, unique, bpart)
+            med = statistics.median(times)
+            gbps = nbytes / med / 1e9
+            rows.append(Row("embedding_bag", case.name, impl, part, device.type, shape, med, times, nbytes, gbps,
+                            100.0 * gbps / ceilings["copy_GBps"], peak))
+    values.requires_grad_(False)
+    # Speedups of memkernels over each baseline, per part.
+    for r in rows:
+        if not r.impl.startswith("memkernels"):
+            continue
+        for b in rows:
+            if b.part == r.part and not b.impl.startswith("memkernels"):
+                r.speedup[b.impl] = b.median_s / r.median_s
+    return rows
+
+
+# ---- entry point -----------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> Dict[str, object]:
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "memkernels": memkernels.build_info(),
+        "python": platform.python_version(),
+    }
+    return env
+
+
+def format_table(rows: List[Row]) -> str:
+    head = f"{'case':<16}{'impl':<24}{'part':<18}{'median ms':>10}{'GB/s':>9}{'% copy':>8}{'peak MB':>9}  speedup"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        peak = f"{r.peak_bytes / 2**20:.0f}" if r.peak_bytes is not None else "-"
+        sp = ", ".join(f"{v:.2f}x vs {k}" for k, v in r.speedup.items())
+        lines.append(f"{r.case:<16}{r.impl:<24}{r.part:<18}{r.median_s * 1e3:>10.3f}{r.GBps:>9.1f}"
+                     f"{r.pct_copy:>8.1f}{peak:>9}  {sp}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> Dict[str, object]:
+    p = argparse.ArgumentParser(prog="python -m memkernels.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="quick (CPU-sized) or paper (reference shapes); default: paper on a GPU, else quick")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--reps", type=int, default=None, help="timed calls per case (default 20, 5 for tiny)")
+    p.add_argument("--out", default=None, help="folder for bench.json")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    preset = args.preset or ("paper" if device.type == "cuda" else "quick")
+    reps = args.reps or (5 if preset == "tiny" else 20)
+    ceilings = measure_ceilings(device, quick=preset in ("tiny", "quick"))
+    rows: List[Row] = []
+    for case in PRESETS[preset]:
+        rows += bench_embedding_bag(case, device, ceilings, reps)
+    result = {"environment": environment(device), "preset": preset, "ceilings": ceilings,
+              "results": [asdict(r) for r in rows]}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    env = result["environment"]
+    print(f"memkernels bench: {env['device_name']} ({device.type}), torch {env['torch']}, preset {preset}")
+    print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, matmul {ceilings['matmul_TFLOPs']:.2f} TFLOP/s "
+          f"({ceilings['matmul_dtype']})")
+    print(format_table(rows))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The bench entry runs end to end on the tiny preset, writes the JSON the
+docs describe, and its byte counts match counts done by hand."""
+
+import json
+
+from memkernels import bench
+
+
+def test_embedding_bag_byte_counts_by_hand():
+    # N=10 rows of D=4 fp32, T=2 bags of B=3 int64 indices, 5 distinct rows.
+    fwd = 2 * 3 * 4 * 4 + 2 * 3 * (8 + 4) + 2 * 4 * 4  # rows + (index, weight) + out
+    assert bench.embedding_bag_bytes(10, 4, 2, 3, 4, 8, 5, "forward") == fwd
+    common = 2 * 4 * 4 + 5 * 4 * 4 + 2 * 3 * (8 + 4) + 2 * 3 * 4  # grad_out, value rows, idx+w, grad_w
+    assert bench.embedding_bag_bytes(10, 4, 2, 3, 4, 8, 5, "backward_sparse") == common + 5 * 4 * 4
+    assert bench.embedding_bag_bytes(10, 4, 2, 3, 4, 8, 5, "backward_dense") == common + 10 * 4 * 4
+
+
+def test_bench_entry_tiny(tmp_path, capsys):
+    result = bench.main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--out", str(tmp_path)])
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["preset"] == "tiny"
+    assert set(on_disk["ceilings"]) >= {"copy_GBps", "matmul_TFLOPs"}
+    assert on_disk["environment"]["device"] == "cpu"
+    rows = on_disk["results"]
+    impls = {(r["impl"], r["part"]) for r in rows}
+    assert ("memkernels", "forward") in impls and ("torch.F.embedding_bag", "forward+backward") in impls
+    for r in rows:
+        for key in ("op", "case", "shape", "median_s", "bytes", "GBps", "pct_copy", "speedup", "times_s"):
+            assert key in r
+        assert r["median_s"] > 0 and len(r["times_s"]) == 2
+        if r["impl"] == "memkernels":
+            assert "torch.F.embedding_bag" in r["speedup"]
+    assert result["results"] == rows
+    printed = capsys.readouterr().out
+    assert printed.strip().splitlines()[-1].startswith("eb_tiny")  # the table comes last
