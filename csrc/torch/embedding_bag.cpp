@@ -83,6 +83,9 @@ mk_embedding_bag_bwd_args backward_args(const at::Tensor& grad_out, const at::Te
 
 at::Tensor check_grad_out(const at::Tensor& grad_out, const at::Tensor& values,
                           const at::Tensor& indices) {
+  TORCH_CHECK(indices.numel() < int64_t(INT32_MAX), kBwd,
+              ": the backward handles fewer than 2^31 (bag, slot) pairs; got indices of shape ",
+              indices.sizes());
   check_dim(kBwd, grad_out, "grad_out", 2, "[num_bags, dim]");
   check_same_device(kBwd, values, "values", grad_out, "grad_out");
   TORCH_CHECK(grad_out.size(0) == indices.size(0) && grad_out.size(1) == values.size(1), kBwd,
