@@ -63,8 +63,8 @@ def nvidia_include_dirs():
 
 def extension():
     with_cuda = want_cuda()
-    core = ["csrc/core/c_api.cpp", "csrc/core/embedding_bag_cpu.cpp"]
-    glue = ["csrc/torch/registration.cpp", "csrc/torch/embedding_bag.cpp"]
+    core = ["csrc/core/c_api.cpp", "csrc/core/embedding_bag_cpu.cpp", "csrc/core/pk_topk_cpu.cpp"]
+    glue = ["csrc/torch/registration.cpp", "csrc/torch/embedding_bag.cpp", "csrc/torch/pk_topk.cpp"]
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
     defines = [
         ("MK_VERSION", f'"{VERSION}"'),
@@ -94,8 +94,12 @@ def extension():
     nvcc += [f"-D{k}={v}" for k, v in defines]
     if os.environ.get("MEMKERNELS_PTXAS_VERBOSE") == "1":
         nvcc += ["-Xptxas", "-v"]
-    kwargs["sources"] = core + glue + ["csrc/core/embedding_bag_cuda.cu",
-                                       "csrc/torch/embedding_bag_cuda.cpp"]
+    kwargs["sources"] = core + glue + [
+        "csrc/core/embedding_bag_cuda.cu",
+        "csrc/core/pk_topk_cuda.cu",
+        "csrc/torch/embedding_bag_cuda.cpp",
+        "csrc/torch/pk_topk_cuda.cpp",
+    ]
     kwargs["include_dirs"] += nvidia_include_dirs()
     kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": nvcc}
     kwargs["define_macros"] = defines

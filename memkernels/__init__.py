@@ -4,6 +4,8 @@ Ops (each with CPU and CUDA kernels, autograd and torch.compile support):
 
 - :func:`embedding_bag`: weighted fixed-size embedding bag with an atomic-free,
   deterministic backward (dense or row-sparse value gradient).
+- :func:`pk_topk`: product-key top-k scoring (half-scores, per-half top-k,
+  k x k candidates, their top-k), differentiable through the selected pairs.
 
 See ``docs/`` for the op contracts and ``memkernels.reference`` for the
 pure-PyTorch oracle.
@@ -15,11 +17,11 @@ import torch as _torch
 
 from . import _C  # noqa: F401  (loads the extension and registers torch.ops.memkernels)
 from . import reference
-from .ops import embedding_bag
+from .ops import embedding_bag, pk_topk
 
 __version__ = "0.1.0"
 
-__all__ = ["embedding_bag", "build_info", "reference", "__version__"]
+__all__ = ["embedding_bag", "pk_topk", "build_info", "reference", "__version__"]
 
 
 def build_info() -> dict:

@@ -120,3 +120,77 @@ torch.library.register_autograd(
     _embedding_bag_backward,
     setup_context=_embedding_bag_setup_context,
 )
+
+
+# ---- product-key top-k -------------------------------------------------------------
+
+
+def pk_topk(query: Tensor, keys: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    """Product-key top-k scoring.
+
+    For each token ``t`` and head ``h``: half-scores
+    ``s1 = query[t, h, :Dk/2] @ keys[h, 0].T`` and ``s2 = query[t, h, Dk/2:] @ keys[h, 1].T``
+    (each ``[n_keys]``), the top-k of each half, the ``k x k`` candidate sums
+    and their top-k. Equals the exact top-k over all ``n_keys**2`` sums.
+
+    Args:
+        query: ``[T, H, Dk]`` float32, float16, bfloat16 or float64; ``Dk`` even.
+        keys: ``[H, 2, n_keys, Dk/2]``, the query's dtype and device;
+            ``n_keys <= 65535``.
+        k: ``1 <= k <= n_keys`` (at most 1024 on CUDA).
+
+    Returns:
+        ``(scores, indices)``: ``scores[T, H, k]`` float32 (float64 for float64
+        inputs), sorted descending; ``indices[T, H, k]`` int64 slot ids
+        ``i1 * n_keys + i2`` in ``[0, n_keys**2)``. Ties break by the smaller
+        index (sub-key index in each half, slot id among the candidates), the
+        same on every device.
+
+    Differentiable in ``query`` and ``keys``: gradients flow through the
+    selected pairs only (docs/pk_topk.md).
+
+    Raises:
+        RuntimeError: odd ``Dk``, ``k`` outside ``[1, n_keys]``, or a shape,
+            dtype or device mismatch between ``query`` and ``keys``.
+    """
+    return torch.ops.memkernels.pk_topk.default(query, keys, k)
+
+
+def _check_pk(op: str, query: Tensor, keys: Tensor) -> None:
+    torch._check(query.dim() == 3, lambda: f"{op}: query must be 3-D [T, H, Dk]; got shape {tuple(query.shape)}")
+    torch._check(keys.dim() == 4, lambda: f"{op}: keys must be 4-D [H, 2, n_keys, Dk/2]; got shape {tuple(keys.shape)}")
+    torch._check(query.dtype == keys.dtype, lambda: f"{op}: query and keys must have the same dtype; got {query.dtype} and {keys.dtype}")
+
+
+@torch.library.register_fake("memkernels::pk_topk")
+def _pk_topk_fake(query, keys, k):
+    _check_pk("memkernels.pk_topk", query, keys)
+    torch._check(1 <= k, lambda: f"memkernels.pk_topk: k must be at least 1; got {k}")
+    dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    shape = (query.shape[0], query.shape[1], k)
+    return query.new_empty(shape, dtype=dtype), query.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("memkernels::pk_topk_backward")
+def _pk_topk_backward_fake(grad_scores, query, keys, indices):
+    _check_pk("memkernels.pk_topk_backward", query, keys)
+    return query.new_empty(query.shape), keys.new_empty(keys.shape)
+
+
+def _pk_topk_setup_context(ctx, inputs, output):
+    query, keys, _k = inputs
+    _scores, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(query, keys, indices)
+
+
+def _pk_topk_backward(ctx, grad_scores: Tensor, _grad_indices) -> Tuple:
+    query, keys, indices = ctx.saved_tensors
+    grad_query, grad_keys = torch.ops.memkernels.pk_topk_backward.default(grad_scores, query, keys, indices)
+    want_query, want_keys = ctx.needs_input_grad[:2]
+    return (grad_query if want_query else None, grad_keys if want_keys else None, None)
+
+
+torch.library.register_autograd(
+    "memkernels::pk_topk", _pk_topk_backward, setup_context=_pk_topk_setup_context
+)

@@ -4,6 +4,7 @@
 
 #include "embedding_bag.h"
 #include "memkernels.h"
+#include "pk_topk.h"
 
 #ifndef MK_VERSION
 #define MK_VERSION "0.0.0"
@@ -48,6 +49,17 @@ mk_status eb_check_bwd_args(const mk_embedding_bag_bwd_args* a) {
   if (a->num_bags > 0 && (!a->indices || !a->weights || !a->grad_out))
     return MK_ERR_INVALID_ARGUMENT;
   if (a->num_bags > 0 && a->grad_weights && !a->values) return MK_ERR_INVALID_ARGUMENT;
+  return MK_OK;
+}
+
+mk_status pk_check_select_args(const mk_pk_select_args* a) {
+  if (!a) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_tokens < 0 || a->num_heads < 0) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_keys < 1 || a->num_keys > kPkMaxKeys) return MK_ERR_INVALID_ARGUMENT;
+  if (a->k < 1 || a->k > a->num_keys) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_tokens * a->num_heads > 0 &&
+      (!a->scores1 || !a->scores2 || !a->out_scores || !a->out_indices))
+    return MK_ERR_INVALID_ARGUMENT;
   return MK_OK;
 }
 
@@ -183,6 +195,18 @@ mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_args* args
   if (device == MK_CPU) return mk::eb_backward_reduce_cpu(*args, ws, l);
 #ifdef MK_WITH_CUDA
   if (device == MK_CUDA) return mk::eb_backward_reduce_cuda(*args, ws, l, stream);
+#endif
+  (void)stream;
+  return MK_ERR_UNSUPPORTED;
+}
+
+mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, void* stream) {
+  mk_status st = mk::pk_check_select_args(args);
+  if (st != MK_OK) return st;
+  if (args->num_tokens * args->num_heads == 0) return MK_OK;
+  if (device == MK_CPU) return mk::pk_select_cpu(*args);
+#ifdef MK_WITH_CUDA
+  if (device == MK_CUDA) return mk::pk_select_cuda(*args, stream);
 #endif
   (void)stream;
   return MK_ERR_UNSUPPORTED;

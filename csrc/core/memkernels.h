@@ -93,6 +93,26 @@ typedef struct mk_embedding_bag_bwd_args {
   int num_threads; /* CPU threads; 0 uses the OpenMP default */
 } mk_embedding_bag_bwd_args;
 
+/* Product-key selection (the part of pk_topk after the half-scores).
+ * For each token t and head h, with half-scores s1[t,h,:] and s2[t,h,:] over
+ * num_keys sub-keys: the top-k of each half, the k x k candidate sums, and
+ * their top-k. Order everywhere: score descending, then index ascending (slot
+ * ids i1 * num_keys + i2 for the candidates), so ties break the same way on
+ * every device. Element (t, h, i) of a score matrix is at
+ * t * scores_stride_t + h * scores_stride_h + i. */
+typedef struct mk_pk_select_args {
+  int64_t num_tokens; /* T */
+  int64_t num_heads;  /* H */
+  int64_t num_keys;   /* n_keys, at most 65535 (slot ids fit 32 bits) */
+  int64_t k;          /* 1 <= k <= num_keys; at most 1024 on CUDA */
+  const float* scores1;
+  const float* scores2;
+  int64_t scores_stride_t, scores_stride_h;
+  float* out_scores;    /* [T, H, k] contiguous, descending */
+  int64_t* out_indices; /* [T, H, k] contiguous slot ids */
+  int num_threads;      /* CPU threads; 0 uses the OpenMP default */
+} mk_pk_select_args;
+
 MK_API const char* mk_status_string(mk_status status);
 /* JSON text: version, backends built, CUDA version and architectures. */
 MK_API const char* mk_build_info(void);
@@ -112,6 +132,8 @@ MK_API mk_status mk_embedding_bag_backward_count(const mk_embedding_bag_bwd_args
 MK_API mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_args* args,
                                                   void* workspace, size_t workspace_bytes,
                                                   mk_device device, void* stream);
+
+MK_API mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, void* stream);
 
 #ifdef __cplusplus
 }

@@ -11,11 +11,12 @@ namespace mkt {
 at::Tensor embedding_bag_forward(const at::Tensor& values, const at::Tensor& indices,
                                  const at::Tensor& weights, bool check_indices, Backend be);
 
-// (grad_values dense [N, D], grad_weights [T, B])
+// (grad_values dense [N, D], grad_weights [T, B]; undefined unless wanted)
 std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad_out,
                                                           const at::Tensor& values,
                                                           const at::Tensor& indices,
-                                                          const at::Tensor& weights, Backend be);
+                                                          const at::Tensor& weights, Backend be,
+                                                          bool want_grad_weights = true);
 
 // (rows int64 [U] ascending, row gradients [U, D], grad_weights [T, B])
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(

@@ -167,6 +167,19 @@ void check_errors() {
         "status string");
 }
 
+void check_pk_select(int64_t T, int64_t H, int64_t n, int64_t k) {
+  PkProblem pb(T, H, n, k, unsigned(T * 7 + n * 3 + k));
+  std::vector<float> scores(size_t(T * H * k)), ref_scores;
+  std::vector<int64_t> slots(size_t(T * H * k)), ref_slots;
+  mk_pk_select_args a = pb.args(pb.s1.data(), pb.s2.data(), scores.data(), slots.data());
+  CHECK(mk_pk_select(&a, MK_CPU, nullptr) == MK_OK, "pk select failed");
+  pb.brute_force(ref_scores, ref_slots);
+  CHECK(scores == ref_scores && slots == ref_slots, "pk select differs from brute force (n=%lld k=%lld)",
+        (long long)n, (long long)k);
+  a.k = n + 1;
+  CHECK(mk_pk_select(&a, MK_CPU, nullptr) == MK_ERR_INVALID_ARGUMENT, "k > n accepted");
+}
+
 }  // namespace
 
 int main() {
@@ -180,5 +193,9 @@ int main() {
     check_case<double>(c, 1e-12);
   }
   check_errors();
+  check_pk_select(5, 3, 37, 1);
+  check_pk_select(5, 3, 37, 6);
+  check_pk_select(2, 2, 37, 37);
+  check_pk_select(3, 1, 100, 32);
   return finish("test_core");
 }

@@ -166,6 +166,30 @@ void check_bad_index_flag() {
   cudaFree(flag);
 }
 
+// The CUDA selection gives the CPU's exact results (both equal brute force).
+void check_pk_select(int64_t T, int64_t H, int64_t n, int64_t k) {
+  PkProblem pb(T, H, n, k, unsigned(T * 5 + n + k));
+  std::vector<float> ref_scores;
+  std::vector<int64_t> ref_slots;
+  pb.brute_force(ref_scores, ref_slots);
+  float* d1 = to_device(pb.s1);
+  float* d2 = to_device(pb.s2);
+  float* out_s;
+  int64_t* out_i;
+  cudaMalloc(&out_s, std::max<int64_t>(1, T * H * k) * sizeof(float));
+  cudaMalloc(&out_i, std::max<int64_t>(1, T * H * k) * sizeof(int64_t));
+  mk_pk_select_args a = pb.args(d1, d2, out_s, out_i);
+  CHECK(mk_pk_select(&a, MK_CUDA, nullptr) == MK_OK, "pk select failed");
+  CHECK(to_host(out_s, size_t(T * H * k)) == ref_scores, "pk scores differ (n=%lld k=%lld)",
+        (long long)n, (long long)k);
+  CHECK(to_host(out_i, size_t(T * H * k)) == ref_slots, "pk slots differ (n=%lld k=%lld)",
+        (long long)n, (long long)k);
+  cudaFree(d1);
+  cudaFree(d2);
+  cudaFree(out_s);
+  cudaFree(out_i);
+}
+
 }  // namespace
 
 int main() {
@@ -179,5 +203,9 @@ int main() {
                         {4096, 1024, 64, 32, false}};
   for (const Case& c : cases) check_case(c);
   check_bad_index_flag();
+  check_pk_select(5, 3, 37, 1);
+  check_pk_select(5, 3, 37, 6);
+  check_pk_select(2, 2, 37, 37);
+  check_pk_select(3, 1, 300, 128);
   return finish("test_core_cuda");
 }

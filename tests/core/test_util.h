@@ -7,7 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "memkernels.h"
@@ -88,3 +90,51 @@ inline int finish(const char* name) {
   std::printf("%s: all checks passed\n", name);
   return 0;
 }
+
+// Product-key selection problem: half-scores [T, H, n] with integer values
+// (many ties) and a brute-force top-k over all n * n sums, ties by slot.
+struct PkProblem {
+  int64_t T, H, n, k;
+  std::vector<float> s1, s2;
+  PkProblem(int64_t T_, int64_t H_, int64_t n_, int64_t k_, unsigned seed)
+      : T(T_), H(H_), n(n_), k(k_) {
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<int> ud(-4, 4);
+    s1.resize(size_t(T * H * n));
+    s2.resize(size_t(T * H * n));
+    for (auto& x : s1) x = float(ud(rng));
+    for (auto& x : s2) x = float(ud(rng));
+  }
+  mk_pk_select_args args(const float* d1, const float* d2, float* out_s, int64_t* out_i) const {
+    mk_pk_select_args a{};
+    a.num_tokens = T;
+    a.num_heads = H;
+    a.num_keys = n;
+    a.k = k;
+    a.scores1 = d1;
+    a.scores2 = d2;
+    a.scores_stride_t = H * n;
+    a.scores_stride_h = n;
+    a.out_scores = out_s;
+    a.out_indices = out_i;
+    return a;
+  }
+  void brute_force(std::vector<float>& scores, std::vector<int64_t>& slots) const {
+    scores.assign(size_t(T * H * k), 0.f);
+    slots.assign(size_t(T * H * k), -1);
+    std::vector<std::pair<float, int64_t>> all(size_t(n * n));
+    for (int64_t th = 0; th < T * H; ++th) {
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j)
+          all[size_t(i * n + j)] = {s1[size_t(th * n + i)] + s2[size_t(th * n + j)], i * n + j};
+      std::stable_sort(all.begin(), all.end(),
+                       [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+                         return a.first > b.first;
+                       });
+      for (int64_t j = 0; j < k; ++j) {
+        scores[size_t(th * k + j)] = all[size_t(j)].first;
+        slots[size_t(th * k + j)] = all[size_t(j)].second;
+      }
+    }
+  }
+};

@@ -1,0 +1,164 @@
+// Torch glue for product-key top-k scoring.
+//
+// Forward (stage 1, docs/pk_topk.md): the half-scores [H, T, n_keys] come from
+// a library GEMM in fp32 (fp64 for fp64 inputs); the core's selection kernel
+// does both half top-ks and the k x k candidate top-k.
+//
+// Backward: through the selected pairs only, on the embedding-bag machinery.
+// With the key halves as one table of H * 2 * n_keys rows of Dk/2, each
+// (token, head, half) is a bag of k rows weighted by grad_scores:
+//   grad_query = embedding-bag forward over key rows,
+//   grad_keys  = embedding-bag backward (atomic-free, deterministic) with the
+//                query halves as grad_out.
+#include "pk_topk.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../core/pk_topk.h"
+#include "embedding_bag.h"
+
+namespace mkt {
+
+namespace {
+
+constexpr const char* kFwd = "memkernels.pk_topk";
+constexpr const char* kBwd = "memkernels.pk_topk_backward";
+
+void check_query_keys(const char* op, const at::Tensor& query, const at::Tensor& keys) {
+  check_dim(op, query, "query", 3, "[T, H, Dk]");
+  check_dim(op, keys, "keys", 4, "[H, 2, n_keys, Dk/2]");
+  TORCH_CHECK(is_value_dtype(query.scalar_type()), op,
+              ": query must be float32, float16, bfloat16 or float64; got ", query.scalar_type());
+  TORCH_CHECK(keys.scalar_type() == query.scalar_type(), op,
+              ": query and keys must have the same dtype; got ", query.scalar_type(), " and ",
+              keys.scalar_type());
+  check_same_device(op, query, "query", keys, "keys");
+  TORCH_CHECK(query.device().is_cpu() || query.device().is_cuda(), op,
+              ": tensors must be on a CPU or CUDA device; got ", query.device());
+  const int64_t H = query.size(1), Dk = query.size(2);
+  TORCH_CHECK(Dk % 2 == 0 && Dk > 0, op, ": query's last dimension Dk must be even and positive; got ",
+              Dk);
+  TORCH_CHECK(keys.size(0) == H && keys.size(1) == 2 && keys.size(3) == Dk / 2, op,
+              ": keys must have shape [H=", H, ", 2, n_keys, Dk/2=", Dk / 2, "] for query of shape ",
+              query.sizes(), "; got ", keys.sizes());
+  TORCH_CHECK(keys.size(2) >= 1 && keys.size(2) <= mk::kPkMaxKeys, op,
+              ": n_keys must be in [1, ", mk::kPkMaxKeys, "]; got ", keys.size(2));
+}
+
+at::ScalarType compute_dtype(const at::Tensor& query) {
+  return query.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pk_topk_forward(const at::Tensor& query, const at::Tensor& keys,
+                                                   int64_t k, Backend be) {
+  check_query_keys(kFwd, query, keys);
+  const int64_t T = query.size(0), H = query.size(1), Dk = query.size(2), n = keys.size(2);
+  const int64_t half = Dk / 2;
+  TORCH_CHECK(k >= 1 && k <= n, kFwd, ": k must be in [1, n_keys=", n, "]; got ", k);
+  if (be.device == MK_CUDA)
+    TORCH_CHECK(k <= mk::kPkMaxKCuda, kFwd, ": k must be at most ", mk::kPkMaxKCuda,
+                " on CUDA; got ", k);
+  const at::ScalarType comp = compute_dtype(query);
+  at::Tensor scores = at::empty({T, H, k}, query.options().dtype(at::kFloat));
+  at::Tensor indices = at::empty({T, H, k}, query.options().dtype(at::kLong));
+  if (T == 0 || H == 0) return {scores.to(comp), indices};
+
+  // Half-scores, head-major: [H, T, n].
+  const at::Tensor q = query.to(comp).transpose(0, 1);
+  const at::Tensor K = keys.to(comp);
+  const at::Tensor s1 = at::matmul(q.narrow(2, 0, half), K.select(1, 0).transpose(1, 2));
+  const at::Tensor s2 = at::matmul(q.narrow(2, half, half), K.select(1, 1).transpose(1, 2));
+  const at::Tensor s1f = s1.to(at::kFloat).contiguous();
+  const at::Tensor s2f = s2.to(at::kFloat).contiguous();
+
+  mk_pk_select_args a{};
+  a.num_tokens = T;
+  a.num_heads = H;
+  a.num_keys = n;
+  a.k = k;
+  a.scores1 = s1f.data_ptr<float>();
+  a.scores2 = s2f.data_ptr<float>();
+  a.scores_stride_t = n;
+  a.scores_stride_h = T * n;
+  a.out_scores = scores.data_ptr<float>();
+  a.out_indices = indices.data_ptr<int64_t>();
+  a.num_threads = at::get_num_threads();
+  check_status(mk_pk_select(&a, be.device, be.stream), kFwd);
+
+  if (comp == at::kDouble) {
+    // The selection ran on fp32-rounded half-scores; report the selected
+    // scores in full precision.
+    const at::Tensor i1 = at::div(indices, n, "floor"), i2 = at::remainder(indices, n);
+    scores = s1.permute({1, 0, 2}).gather(2, i1) + s2.permute({1, 0, 2}).gather(2, i2);
+  }
+  return {scores, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor> pk_topk_backward(const at::Tensor& grad_scores,
+                                                    const at::Tensor& query_in,
+                                                    const at::Tensor& keys_in,
+                                                    const at::Tensor& indices, Backend be) {
+  check_query_keys(kBwd, query_in, keys_in);
+  const int64_t T = query_in.size(0), H = query_in.size(1), Dk = query_in.size(2);
+  const int64_t n = keys_in.size(2), half = Dk / 2;
+  check_dim(kBwd, indices, "indices", 3, "[T, H, k]");
+  const int64_t k = indices.size(2);
+  TORCH_CHECK(indices.size(0) == T && indices.size(1) == H, kBwd, ": indices must have shape [", T,
+              ", ", H, ", k]; got ", indices.sizes());
+  TORCH_CHECK(indices.scalar_type() == at::kLong, kBwd, ": indices must be int64; got ",
+              indices.scalar_type());
+  TORCH_CHECK(grad_scores.sizes() == indices.sizes(), kBwd,
+              ": grad_scores must have the shape of indices ", indices.sizes(), "; got ",
+              grad_scores.sizes());
+  check_same_device(kBwd, query_in, "query", indices, "indices");
+  check_same_device(kBwd, query_in, "query", grad_scores, "grad_scores");
+  const at::Tensor query = query_in.contiguous();
+  const at::Tensor keys = keys_in.contiguous();
+  if (T == 0 || H == 0 || k == 0) return {at::zeros_like(query), at::zeros_like(keys)};
+
+  // Rows of the key table [H * 2 * n, Dk/2] each (token, head, half) selects.
+  const at::Tensor head_base = at::arange(H, indices.options()).mul(2 * n).view({1, H, 1});
+  const at::Tensor rows = at::stack({at::div(indices, n, "floor") + head_base,
+                                     at::remainder(indices, n) + head_base + n},
+                                    2)
+                              .reshape({T * H * 2, k});
+  const at::Tensor weights = grad_scores.to(acc_dtype(query.scalar_type()))
+                                 .unsqueeze(2)
+                                 .expand({T, H, 2, k})
+                                 .reshape({T * H * 2, k});
+  const at::Tensor table = keys.view({H * 2 * n, half});
+  at::Tensor grad_query =
+      embedding_bag_forward(table, rows, weights, /*check_indices=*/false, be).view({T, H, Dk});
+  at::Tensor grad_keys = std::get<0>(embedding_bag_backward(query.view({T * H * 2, half}), table,
+                                                            rows, weights, be,
+                                                            /*want_grad_weights=*/false))
+                             .view(keys.sizes());
+  return {grad_query, grad_keys};
+}
+
+namespace {
+
+constexpr Backend kCpu{MK_CPU, nullptr};
+
+std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query, const at::Tensor& keys,
+                                               int64_t k) {
+  return pk_topk_forward(query, keys, k, kCpu);
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_scores,
+                                                const at::Tensor& query, const at::Tensor& keys,
+                                                const at::Tensor& indices) {
+  return pk_topk_backward(grad_scores, query, keys, indices, kCpu);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(memkernels, CPU, m) {
+  m.impl("pk_topk", &forward_cpu);
+  m.impl("pk_topk_backward", &backward_cpu);
+}
+
+}  // namespace mkt
