@@ -123,6 +123,37 @@ def embedding_bag_bytes(N: int, D: int, T: int, B: int, elt: int, idx: int, uniq
 # ---- cases -----------------------------------------------------------------------------
 
 
+def pk_topk_counts(T: int, H: int, n: int, Dk: int, k: int, elt: int, part: str):
+    """(bytes, FLOPs) pk_topk must move and do.
+
+    forward: query and keys read once, scores (fp32) and slot ids (int64)
+        written once; FLOPs of the two half-score products, 2*T*H*n*Dk (the
+        selections are comparisons, not counted).
+    backward (through the selected pairs): grad_scores and indices read,
+        the selected key rows read (at most 2*k per token and head, counted as
+        2*k), query read again and grad_query written, grad_keys written (dense,
+        all of it); FLOPs 2 * 2 * T*H*2k*(Dk/2).
+    """
+    half = Dk // 2
+    if part == "forward":
+        return T * H * Dk * elt + H * 2 * n * half * elt + T * H * k * (4 + 8), 2 * T * H * n * Dk
+    if part == "backward":
+        nbytes = T * H * k * (4 + 8) + T * H * 2 * k * half * elt + 2 * T * H * Dk * elt + H * 2 * n * half * elt
+        return nbytes, 4 * T * H * 2 * k * half
+    raise ValueError(part)
+
+
+@dataclass
+class PKCase:
+    name: str
+    T: int
+    H: int
+    n_keys: int
+    Dk: int
+    k: int
+    dtype: str
+
+
 @dataclass
 class EBCase:
     name: str
@@ -136,14 +167,21 @@ class EBCase:
 
 PRESETS = {
     # CPU-sized: the whole suite well under a minute.
-    "quick": [EBCase("eb_cpu", 65536, 256, 2048, 128, "float32")],
+    "quick": [
+        EBCase("eb_cpu", 65536, 256, 2048, 128, "float32"),
+        PKCase("pk_cpu", 1024, 4, 1024, 512, 32, "float32"),
+    ],
     # The design's reference shapes (GPU).
     "paper": [
         EBCase("eb_ref_bag32", 1 << 20, 4096, 4096, 32, "bfloat16"),
         EBCase("eb_ref_bag128", 1 << 20, 4096, 4096, 128, "bfloat16"),
+        PKCase("pk_ref", 4096, 4, 1024, 512, 32, "bfloat16"),
     ],
     # For the test suite: tiny, seconds.
-    "tiny": [EBCase("eb_tiny", 1000, 24, 16, 4, "float32")],
+    "tiny": [
+        EBCase("eb_tiny", 1000, 24, 16, 4, "float32"),
+        PKCase("pk_tiny", 16, 2, 64, 32, 8, "float32"),
+    ],
 }
 
 
@@ -161,6 +199,9 @@ class Row:
     GBps: float
     pct_copy: float
     peak_bytes: Optional[int]
+    flops: int = 0
+    TFLOPs: float = 0.0
+    pct_floor: float = 0.0  # 100 * max(bytes / copy rate, flops / matmul rate) / median time
     speedup: Dict[str, float] = field(default_factory=dict)
 
 
@@ -241,18 +282,64 @@ def bench_embedding_bag(case: EBCase, device: torch.device, ceilings, reps: int,
             if backward:
                 bpart = "backward_sparse" if impl == "memkernels_sparse" else "backward_dense"
                 nbytes += embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, idx_bytes, unique, bpart)
-            med = statistics.median(times)
-            gbps = nbytes / med / 1e9
-            rows.append(Row("embedding_bag", case.name, impl, part, device.type, shape, med, times, nbytes, gbps,
-                            100.0 * gbps / ceilings["copy_GBps"], peak))
+            flops = 2 * case.T * case.B * case.D * (3 if backward else 1)
+            rows.append(_row("embedding_bag", case, impl, part, device, times, nbytes, flops, ceilings, peak))
     values.requires_grad_(False)
-    # Speedups of memkernels over each baseline, per part.
+    _speedups(rows)
+    return rows
+
+
+def _row(op, case, impl, part, device, times, nbytes, flops, ceilings, peak) -> Row:
+    med = statistics.median(times)
+    floor = max(nbytes / (ceilings["copy_GBps"] * 1e9), flops / (ceilings["matmul_TFLOPs"] * 1e12))
+    return Row(op, case.name, impl, part, device.type, asdict(case), med, times, nbytes, nbytes / med / 1e9,
+               100.0 * nbytes / med / 1e9 / ceilings["copy_GBps"], peak, flops, flops / med / 1e12,
+               100.0 * floor / med)
+
+
+def _speedups(rows: List[Row]) -> None:
+    """Speedup of each memkernels row over each baseline row of the same part."""
     for r in rows:
         if not r.impl.startswith("memkernels"):
             continue
         for b in rows:
             if b.part == r.part and not b.impl.startswith("memkernels"):
                 r.speedup[b.impl] = b.median_s / r.median_s
+
+
+def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int) -> List[Row]:
+    dtype = getattr(torch, case.dtype)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    queries = [torch.randn(case.T, case.H, case.Dk, generator=g).to(device=device, dtype=dtype) for _ in range(3)]
+    keys = torch.randn(case.H, 2, case.n_keys, case.Dk // 2, generator=g).to(device=device, dtype=dtype)
+    grads = [torch.randn(case.T, case.H, case.k, generator=g).to(device) for _ in range(3)]
+    elt = keys.element_size()
+    impls = {"memkernels": memkernels.pk_topk, "composite": reference.pk_topk}
+    rows: List[Row] = []
+    for impl, fn in impls.items():
+        for part, backward in (("forward", False), ("forward+backward", True)):
+            def call(i):
+                q = queries[i % 3].requires_grad_(backward)
+                kk = keys.requires_grad_(backward)
+                scores, _ = fn(q, kk, case.k)
+                if backward:
+                    torch.autograd.grad(scores, (q, kk), grads[i % 3].to(scores.dtype))
+
+            base = _peak_reset(device)
+            try:
+                times = time_fn(call, device, warmup=2, reps=reps)
+            except torch.OutOfMemoryError:
+                continue
+            peak = _peak_bytes(device, base)
+            nbytes, flops = pk_topk_counts(case.T, case.H, case.n_keys, case.Dk, case.k, elt, "forward")
+            if backward:
+                b_bytes, b_flops = pk_topk_counts(case.T, case.H, case.n_keys, case.Dk, case.k, elt, "backward")
+                nbytes, flops = nbytes + b_bytes, flops + b_flops
+            rows.append(_row("pk_topk", case, impl, part, device, times, nbytes, flops, ceilings, peak))
+    keys.requires_grad_(False)
+    for q in queries:
+        q.requires_grad_(False)
+    _speedups(rows)
     return rows
 
 
@@ -274,13 +361,14 @@ def environment(device: torch.device) -> Dict[str, object]:
 
 
 def format_table(rows: List[Row]) -> str:
-    head = f"{'case':<16}{'impl':<24}{'part':<18}{'median ms':>10}{'GB/s':>9}{'% copy':>8}{'peak MB':>9}  speedup"
+    head = (f"{'case':<15}{'impl':<23}{'part':<18}{'median ms':>10}{'GB/s':>8}{'% copy':>8}{'TFLOP/s':>9}"
+            f"{'% floor':>8}{'peak MB':>9}  speedup")
     lines = [head, "-" * len(head)]
     for r in rows:
         peak = f"{r.peak_bytes / 2**20:.0f}" if r.peak_bytes is not None else "-"
         sp = ", ".join(f"{v:.2f}x vs {k}" for k, v in r.speedup.items())
-        lines.append(f"{r.case:<16}{r.impl:<24}{r.part:<18}{r.median_s * 1e3:>10.3f}{r.GBps:>9.1f}"
-                     f"{r.pct_copy:>8.1f}{peak:>9}  {sp}")
+        lines.append(f"{r.case:<15}{r.impl:<23}{r.part:<18}{r.median_s * 1e3:>10.3f}{r.GBps:>8.1f}"
+                     f"{r.pct_copy:>8.1f}{r.TFLOPs:>9.3f}{r.pct_floor:>8.1f}{peak:>9}  {sp}")
     return "\n".join(lines)
 
 
@@ -299,7 +387,10 @@ def main(argv=None) -> Dict[str, object]:
     ceilings = measure_ceilings(device, quick=preset in ("tiny", "quick"))
     rows: List[Row] = []
     for case in PRESETS[preset]:
-        rows += bench_embedding_bag(case, device, ceilings, reps)
+        if isinstance(case, EBCase):
+            rows += bench_embedding_bag(case, device, ceilings, reps)
+        else:
+            rows += bench_pk_topk(case, device, ceilings, reps)
     result = {"environment": environment(device), "preset": preset, "ceilings": ceilings,
               "results": [asdict(r) for r in rows]}
     if args.out:

@@ -15,6 +15,14 @@ def test_embedding_bag_byte_counts_by_hand():
     assert bench.embedding_bag_bytes(10, 4, 2, 3, 4, 8, 5, "backward_dense") == common + 10 * 4 * 4
 
 
+def test_pk_topk_counts_by_hand():
+    # T=2 tokens, H=3 heads, n=10 sub-keys, Dk=4 (half 2), k=5, fp32.
+    fwd_bytes = 2 * 3 * 4 * 4 + 3 * 2 * 10 * 2 * 4 + 2 * 3 * 5 * (4 + 8)
+    assert bench.pk_topk_counts(2, 3, 10, 4, 5, 4, "forward") == (fwd_bytes, 2 * 2 * 3 * 10 * 4)
+    bwd_bytes = 2 * 3 * 5 * 12 + 2 * 3 * 2 * 5 * 2 * 4 + 2 * 2 * 3 * 4 * 4 + 3 * 2 * 10 * 2 * 4
+    assert bench.pk_topk_counts(2, 3, 10, 4, 5, 4, "backward") == (bwd_bytes, 4 * 2 * 3 * 2 * 5 * 2)
+
+
 def test_bench_entry_tiny(tmp_path, capsys):
     result = bench.main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--out", str(tmp_path)])
     on_disk = json.loads((tmp_path / "bench.json").read_text())
@@ -22,14 +30,17 @@ def test_bench_entry_tiny(tmp_path, capsys):
     assert set(on_disk["ceilings"]) >= {"copy_GBps", "matmul_TFLOPs"}
     assert on_disk["environment"]["device"] == "cpu"
     rows = on_disk["results"]
-    impls = {(r["impl"], r["part"]) for r in rows}
-    assert ("memkernels", "forward") in impls and ("torch.F.embedding_bag", "forward+backward") in impls
+    impls = {(r["op"], r["impl"], r["part"]) for r in rows}
+    assert ("embedding_bag", "memkernels", "forward") in impls
+    assert ("embedding_bag", "torch.F.embedding_bag", "forward+backward") in impls
+    assert ("pk_topk", "memkernels", "forward+backward") in impls and ("pk_topk", "composite", "forward") in impls
     for r in rows:
-        for key in ("op", "case", "shape", "median_s", "bytes", "GBps", "pct_copy", "speedup", "times_s"):
+        for key in ("op", "case", "shape", "median_s", "bytes", "GBps", "pct_copy", "flops", "TFLOPs",
+                    "pct_floor", "speedup", "times_s"):
             assert key in r
-        assert r["median_s"] > 0 and len(r["times_s"]) == 2
+        assert r["median_s"] > 0 and len(r["times_s"]) == 2 and r["bytes"] > 0 and r["flops"] > 0
         if r["impl"] == "memkernels":
-            assert "torch.F.embedding_bag" in r["speedup"]
+            assert ("torch.F.embedding_bag" if r["op"] == "embedding_bag" else "composite") in r["speedup"]
     assert result["results"] == rows
     printed = capsys.readouterr().out
-    assert printed.strip().splitlines()[-1].startswith("eb_tiny")  # the table comes last
+    assert printed.strip().splitlines()[-1].startswith("pk_tiny")  # the table comes last
