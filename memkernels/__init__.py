@@ -7,6 +7,9 @@ Ops (each with CPU and CUDA kernels, autograd and torch.compile support):
 - :func:`pk_topk`: product-key top-k scoring (half-scores, per-half top-k,
   k x k candidates, their top-k), differentiable through the selected pairs.
 
+Modules: :class:`memkernels.nn.ProductKeyMemory` (Memory+ layer) and
+:class:`memkernels.nn.ValuePool` (a value table layers can share).
+
 See ``docs/`` for the op contracts and ``memkernels.reference`` for the
 pure-PyTorch oracle.
 """
@@ -16,12 +19,12 @@ import json as _json
 import torch as _torch
 
 from . import _C  # noqa: F401  (loads the extension and registers torch.ops.memkernels)
-from . import reference
+from . import nn, reference
 from .ops import embedding_bag, pk_topk
 
 __version__ = "0.1.0"
 
-__all__ = ["embedding_bag", "pk_topk", "build_info", "reference", "__version__"]
+__all__ = ["embedding_bag", "pk_topk", "nn", "build_info", "reference", "__version__"]
 
 
 def build_info() -> dict:

@@ -155,6 +155,33 @@ class PKCase:
 
 
 @dataclass
+class LayerCase:
+    name: str
+    T: int
+    dim: int
+    n_keys: int
+    heads: int
+    knn: int
+    k_dim: int
+    dtype: str
+
+
+def layer_flops(c: LayerCase) -> int:
+    """Forward FLOPs of a Memory+ ProductKeyMemory layer (v_dim = dim):
+    query projection, sub-key scores, weighted value bag, W_s and W_o."""
+    per_token = (2 * c.dim * c.heads * c.k_dim + 2 * c.heads * c.n_keys * c.k_dim
+                 + 2 * c.heads * c.knn * c.dim + 4 * c.dim * c.dim)
+    return c.T * per_token
+
+
+def layer_bytes(c: LayerCase, elt: int) -> int:
+    """Fewest bytes of a layer forward: x read, the selected value rows
+    gathered, the weights of the projections and the keys read, y written."""
+    weights = (c.dim * c.heads * c.k_dim + c.heads * c.n_keys * c.k_dim + 2 * c.dim * c.dim) * elt
+    return 2 * c.T * c.dim * elt + c.T * c.heads * c.knn * c.dim * elt + weights
+
+
+@dataclass
 class EBCase:
     name: str
     N: int
@@ -170,17 +197,20 @@ PRESETS = {
     "quick": [
         EBCase("eb_cpu", 65536, 256, 2048, 128, "float32"),
         PKCase("pk_cpu", 1024, 4, 1024, 512, 32, "float32"),
+        LayerCase("layer_cpu", 1024, 256, 256, 4, 32, 128, "float32"),
     ],
     # The design's reference shapes (GPU).
     "paper": [
         EBCase("eb_ref_bag32", 1 << 20, 4096, 4096, 32, "bfloat16"),
         EBCase("eb_ref_bag128", 1 << 20, 4096, 4096, 128, "bfloat16"),
         PKCase("pk_ref", 4096, 4, 1024, 512, 32, "bfloat16"),
+        LayerCase("layer_ref", 4096, 4096, 1024, 4, 32, 512, "bfloat16"),
     ],
     # For the test suite: tiny, seconds.
     "tiny": [
         EBCase("eb_tiny", 1000, 24, 16, 4, "float32"),
         PKCase("pk_tiny", 16, 2, 64, 32, 8, "float32"),
+        LayerCase("layer_tiny", 32, 32, 16, 2, 4, 16, "float32"),
     ],
 }
 
@@ -307,6 +337,42 @@ def _speedups(rows: List[Row]) -> None:
                 r.speedup[b.impl] = b.median_s / r.median_s
 
 
+def bench_layer(case: LayerCase, device: torch.device, ceilings, reps: int) -> List[Row]:
+    """ProductKeyMemory forward+backward: kernels backend vs reference backend,
+    same parameters."""
+    from .nn import ProductKeyMemory
+
+    dtype = getattr(torch, case.dtype)
+    cfg = dict(n_keys=case.n_keys, heads=case.heads, knn=case.knn, k_dim=case.k_dim, device=device, dtype=dtype)
+    torch.manual_seed(0)
+    layer = ProductKeyMemory(case.dim, **cfg)
+    xs = [torch.randn(case.T, case.dim, device=device, dtype=dtype) for _ in range(3)]
+    elt = torch.empty((), dtype=dtype).element_size()
+    rows: List[Row] = []
+    for impl in ("memkernels", "reference"):
+        layer.backend = "kernels" if impl == "memkernels" else "reference"
+        for part, backward in (("forward", False), ("forward+backward", True)):
+            def call(i):
+                with torch.set_grad_enabled(backward):
+                    y = layer(xs[i % 3])
+                    if backward:
+                        y.backward(torch.ones_like(y))
+
+            base = _peak_reset(device)
+            try:
+                times = time_fn(call, device, warmup=2, reps=reps)
+            except torch.OutOfMemoryError:
+                continue
+            finally:
+                layer.zero_grad(set_to_none=True)
+            peak = _peak_bytes(device, base)
+            flops = layer_flops(case) * (3 if backward else 1)
+            nbytes = layer_bytes(case, elt) * (2 if backward else 1)
+            rows.append(_row("layer", case, impl, part, device, times, nbytes, flops, ceilings, peak))
+    _speedups(rows)
+    return rows
+
+
 def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int) -> List[Row]:
     dtype = getattr(torch, case.dtype)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -389,8 +455,10 @@ def main(argv=None) -> Dict[str, object]:
     for case in PRESETS[preset]:
         if isinstance(case, EBCase):
             rows += bench_embedding_bag(case, device, ceilings, reps)
-        else:
+        elif isinstance(case, PKCase):
             rows += bench_pk_topk(case, device, ceilings, reps)
+        else:
+            rows += bench_layer(case, device, ceilings, reps)
     result = {"environment": environment(device), "preset": preset, "ceilings": ceilings,
               "results": [asdict(r) for r in rows]}
     if args.out:

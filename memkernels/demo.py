@@ -1,0 +1,190 @@
+"""End-to-end demo: memory layers store facts cheaply.
+
+    python -m memkernels.demo            # a few minutes on a laptop-class CPU
+
+Trains two small models on an embedded synthetic factual-recall task: many
+random (subject, relation) -> object facts. Inputs and outputs are fixed
+random embeddings (not trained), so whatever the model learns it must store
+in its one block:
+
+- dense: a feed-forward block (dim -> hidden -> dim, GELU);
+- memory: a ``ProductKeyMemory`` (Memory+) block with about the same FLOPs
+  per token but a large, sparsely read value table.
+
+It prints progress while training, then both models' recall accuracy over
+all facts, their trainable parameter counts and forward FLOPs per token. The
+run is seeded and reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .nn import ProductKeyMemory, param_groups
+
+
+@dataclass
+class Task:
+    subjects: int = 4096
+    relations: int = 4
+    objects: int = 512
+    dim: int = 64
+
+
+class FactModel(nn.Module):
+    """x = E_s[s] + E_r[r] (frozen) -> x + block(norm(x)) -> logits against frozen E_o."""
+
+    def __init__(self, task: Task, block: nn.Module, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        d = task.dim
+        self.register_buffer("subj", torch.randn(task.subjects, d, generator=g) / math.sqrt(d))
+        self.register_buffer("rel", torch.randn(task.relations, d, generator=g) / math.sqrt(d))
+        self.register_buffer("obj", torch.randn(task.objects, d, generator=g) / math.sqrt(d))
+        self.norm_in = nn.LayerNorm(d)
+        self.block = block
+        self.norm_out = nn.LayerNorm(d)
+        self.scale = nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        x = self.subj[s] + self.rel[r]
+        h = x + self.block(self.norm_in(x))
+        return self.scale * self.norm_out(h) @ self.obj.T
+
+
+class DenseFFN(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+def ffn_flops(dim: int, hidden: int) -> int:
+    return 2 * 2 * dim * hidden
+
+
+def memory_flops(dim: int, m: ProductKeyMemory) -> int:
+    """Forward multiply-adds x2 per token: query projection, sub-key scores,
+    the k x k candidate sums, the weighted value bag, and Memory+'s two
+    projections and product."""
+    q = 2 * dim * m.heads * m.k_dim
+    scores = 2 * m.heads * 2 * m.n_keys * (m.k_dim // 2)
+    cand = m.heads * m.knn * m.knn
+    bag = 2 * m.heads * m.knn * m.v_dim
+    plus = 2 * dim * m.v_dim + 2 * m.v_dim * dim + m.v_dim if m.memory_plus else 0
+    return q + scores + cand + bag + plus
+
+
+def trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def make_facts(task: Task, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.arange(task.subjects).repeat_interleave(task.relations)
+    r = torch.arange(task.relations).repeat(task.subjects)
+    o = torch.randint(0, task.objects, (s.numel(),), generator=g)
+    return s, r, o
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, s, r, o, batch: int = 4096) -> float:
+    model.eval()
+    hits = 0
+    for i in range(0, s.numel(), batch):
+        hits += (model(s[i:i + batch], r[i:i + batch]).argmax(-1) == o[i:i + batch]).sum().item()
+    model.train()
+    return hits / s.numel()
+
+
+def train(name: str, model: nn.Module, facts, epochs: int, batch: int, lr: float, value_lr: float, seed: int,
+          log_every: int) -> dict:
+    s, r, o = facts
+    groups = param_groups(model, lr=lr, weight_decay=0.0, value_lr=value_lr)
+    opt = torch.optim.Adam(groups)
+    steps_per_epoch = math.ceil(s.numel() / batch)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    step = 0
+    for epoch in range(epochs):
+        perm = torch.randperm(s.numel(), generator=g)
+        for i in range(0, s.numel(), batch):
+            idx = perm[i:i + batch]
+            loss = F.cross_entropy(model(s[idx], r[idx]), o[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+        if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
+            acc = accuracy(model, s, r, o)
+            print(f"  [{name:>6}] epoch {epoch + 1:3d}/{epochs}  loss {loss.item():6.3f}  "
+                  f"recall {acc * 100:5.1f}%  ({time.time() - t0:5.1f}s)", flush=True)
+    return {"recall": accuracy(model, s, r, o), "seconds": time.time() - t0}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m memkernels.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--facts", type=int, default=4096, help="subjects (each has --relations facts)")
+    p.add_argument("--relations", type=int, default=4)
+    p.add_argument("--objects", type=int, default=512)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    task = Task(subjects=args.facts, relations=args.relations, objects=args.objects)
+    facts = make_facts(task, args.seed)
+    d = task.dim
+    memory = ProductKeyMemory(d, n_keys=64, heads=2, knn=8, k_dim=32, v_dim=d)
+    mem_flops = memory_flops(d, memory)
+    hidden = max(1, round(mem_flops / (2 * 2 * d)))  # the dense block at the same FLOPs
+    torch.manual_seed(args.seed)
+    dense_model = FactModel(task, DenseFFN(d, hidden), args.seed)
+    torch.manual_seed(args.seed)
+    memory_model = FactModel(task, memory, args.seed)
+
+    n = facts[0].numel()
+    print(f"memkernels demo: {n} random facts ({task.subjects} subjects x {task.relations} relations -> "
+          f"{task.objects} objects), dim {d}, seed {args.seed}")
+    print(f"  dense  block: FFN {d}->{hidden}->{d}, {ffn_flops(d, hidden)} FLOPs/token")
+    print(f"  memory block: ProductKeyMemory {memory.n_keys ** 2} slots, heads {memory.heads}, knn {memory.knn}, "
+          f"k_dim {memory.k_dim}, {mem_flops} FLOPs/token")
+    results = {}
+    for name, model, lr, value_lr in (("dense", dense_model, 3e-3, 3e-3), ("memory", memory_model, 3e-3, 3e-2)):
+        print(f"training {name} ...", flush=True)
+        results[name] = train(name, model, facts, args.epochs, args.batch, lr, value_lr, args.seed,
+                              log_every=max(1, args.epochs // 8))
+        results[name]["params"] = trainable(model)
+    results["dense"]["flops"] = ffn_flops(d, hidden)
+    results["memory"]["flops"] = mem_flops
+
+    print()
+    print(f"{'model':<8}{'recall':>9}{'trainable params':>18}{'FLOPs/token':>13}{'train s':>9}")
+    for name in ("dense", "memory"):
+        r = results[name]
+        print(f"{name:<8}{r['recall'] * 100:>8.1f}%{r['params']:>18,}{r['flops']:>13,}{r['seconds']:>9.1f}")
+    gain = results["memory"]["recall"] - results["dense"]["recall"]
+    print(f"the memory layer recalls {gain * 100:+.1f} points more facts at "
+          f"{results['memory']['flops'] / results['dense']['flops']:.2f}x the dense block's FLOPs")
+    return results
+
+
+if __name__ == "__main__":
+    main()
