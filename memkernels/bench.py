@@ -18,7 +18,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -35,15 +35,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[int], object], device: torch.device, warmup: int = 3, reps: int = 20) -> List[float]:
+def time_fn(fn: Callable[[int], object], device: torch.device, warmup: int = 3, reps: int = 20,
+            budget_s: Optional[float] = None) -> List[float]:
     """Seconds per call of ``fn(i)`` for ``reps`` calls after ``warmup``.
 
     ``i`` is the call number, so ``fn`` can rotate among several input sets
     and keep caches from flattering. On CUDA each call is timed with events.
+    With ``budget_s``, slow functions get fewer calls (at least 3): the
+    number of calls is cut so they take about ``budget_s`` seconds.
     """
+    t0 = time.perf_counter()
     for i in range(warmup):
         fn(i)
     _sync(device)
+    if budget_s is not None and warmup:
+        per_call = (time.perf_counter() - t0) / warmup
+        reps = min(reps, max(3, int(budget_s / max(per_call, 1e-9))))
     times = []
     if device.type == "cuda":
         for i in range(reps):
@@ -73,6 +80,10 @@ def _peak_bytes(device, base):
         return int(torch.cuda.max_memory_allocated(device) - base)
     return None
 
+
+# Seconds of timed calls per case and implementation, at most (slow baselines
+# get fewer calls, never fewer than 3).
+BUDGET_S = 3.0
 
 # ---- ceilings -----------------------------------------------------------------------
 
@@ -262,11 +273,11 @@ def _eb_impls(values, batches, case):
             torch.autograd.grad(out, (v, ww), gout)
         return out
 
-    def torch_op(i, backward):
+    def torch_op(i, backward, sparse=False):
         idx, w, gout = batches[i % len(batches)]
         v = values.requires_grad_(backward)
         ww = w.to(dtype).requires_grad_(backward)
-        out = F.embedding_bag(idx, v, mode="sum", per_sample_weights=ww)
+        out = F.embedding_bag(idx, v, mode="sum", per_sample_weights=ww, sparse=sparse)
         if backward:
             torch.autograd.grad(out, (v, ww), gout)
         return out
@@ -284,6 +295,7 @@ def _eb_impls(values, batches, case):
         "memkernels": lambda i, bw: ours(i, bw),
         "memkernels_sparse": lambda i, bw: ours(i, bw, sparse=True),
         "torch.F.embedding_bag": torch_op,
+        "torch.F.embedding_bag_sparse": lambda i, bw: torch_op(i, bw, sparse=True),
         "reference": ref,
     }
 
@@ -300,17 +312,17 @@ def bench_embedding_bag(case: EBCase, device: torch.device, ceilings, reps: int,
         if impls and impl not in impls:
             continue
         for part, backward in (("forward", False), ("forward+backward", True)):
-            if impl == "memkernels_sparse" and not backward:
+            if impl.endswith("_sparse") and not backward:
                 continue
             base = _peak_reset(device)
             try:
-                times = time_fn(lambda i: fn(i, backward), device, warmup=2, reps=reps)
+                times = time_fn(lambda i: fn(i, backward), device, warmup=2, reps=reps, budget_s=BUDGET_S)
             except torch.OutOfMemoryError:
                 continue
             peak = _peak_bytes(device, base)
             nbytes = embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, idx_bytes, unique, "forward")
             if backward:
-                bpart = "backward_sparse" if impl == "memkernels_sparse" else "backward_dense"
+                bpart = "backward_sparse" if impl.endswith("_sparse") else "backward_dense"
                 nbytes += embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, idx_bytes, unique, bpart)
             flops = 2 * case.T * case.B * case.D * (3 if backward else 1)
             rows.append(_row("embedding_bag", case, impl, part, device, times, nbytes, flops, ceilings, peak))
@@ -327,13 +339,20 @@ def _row(op, case, impl, part, device, times, nbytes, flops, ceilings, peak) -> 
                100.0 * floor / med)
 
 
-def _speedups(rows: List[Row]) -> None:
-    """Speedup of each memkernels row over each baseline row of the same part."""
+def _speedups(rows: List[Row], pairs=None) -> None:
+    """Speedup of each memkernels row over each baseline row of the same part
+    (sparse variants against sparse baselines, dense against dense), or only
+    over the (ours, baseline) impl pairs given."""
     for r in rows:
         if not r.impl.startswith("memkernels"):
             continue
         for b in rows:
-            if b.part == r.part and not b.impl.startswith("memkernels"):
+            if b.part != r.part or b.impl.startswith("memkernels"):
+                continue
+            if pairs is not None:
+                if (r.impl, b.impl) in pairs:
+                    r.speedup[b.impl] = b.median_s / r.median_s
+            elif b.impl.endswith("_sparse") == r.impl.endswith("_sparse"):
                 r.speedup[b.impl] = b.median_s / r.median_s
 
 
@@ -348,32 +367,53 @@ def bench_layer(case: LayerCase, device: torch.device, ceilings, reps: int) -> L
     layer = ProductKeyMemory(case.dim, **cfg)
     xs = [torch.randn(case.T, case.dim, device=device, dtype=dtype) for _ in range(3)]
     elt = torch.empty((), dtype=dtype).element_size()
+    variants = [("memkernels", layer, "kernels"), ("reference", layer, "reference")]
+    external = _product_key_memory_layer(case, device, dtype)
+    if external is not None:
+        # The published package's plain PKM (no Memory+), against ours in the
+        # same configuration.
+        plain = ProductKeyMemory(case.dim, **cfg, memory_plus=False)
+        variants += [("memkernels_plain", plain, "kernels"), ("product-key-memory", external, None)]
     rows: List[Row] = []
-    for impl in ("memkernels", "reference"):
-        layer.backend = "kernels" if impl == "memkernels" else "reference"
+    for impl, module, backend in variants:
+        if backend is not None:
+            module.backend = backend
         for part, backward in (("forward", False), ("forward+backward", True)):
-            def call(i):
+            def call(i, module=module):
                 with torch.set_grad_enabled(backward):
-                    y = layer(xs[i % 3])
+                    x = xs[i % 3]
+                    y = module(x) if backend is not None else module(x.unsqueeze(0))
                     if backward:
                         y.backward(torch.ones_like(y))
 
             base = _peak_reset(device)
             try:
-                times = time_fn(call, device, warmup=2, reps=reps)
+                times = time_fn(call, device, warmup=2, reps=reps, budget_s=BUDGET_S)
             except torch.OutOfMemoryError:
                 continue
             finally:
-                layer.zero_grad(set_to_none=True)
+                module.zero_grad(set_to_none=True)
             peak = _peak_bytes(device, base)
             flops = layer_flops(case) * (3 if backward else 1)
             nbytes = layer_bytes(case, elt) * (2 if backward else 1)
             rows.append(_row("layer", case, impl, part, device, times, nbytes, flops, ceilings, peak))
-    _speedups(rows)
+    _speedups(rows, pairs={("memkernels", "reference"), ("memkernels_plain", "product-key-memory")})
     return rows
 
 
-def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int) -> List[Row]:
+def _product_key_memory_layer(case: LayerCase, device, dtype):
+    """The `product-key-memory` package's PKM at this case's configuration,
+    or None when the package is not installed."""
+    try:
+        from product_key_memory import PKM
+    except ImportError:
+        return None
+    return PKM(case.dim, heads=case.heads, num_keys=case.n_keys, topk=case.knn, dim_head=case.k_dim).to(
+        device=device, dtype=dtype)
+
+
+def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int,
+                  parts=("forward", "forward+backward")) -> List[Row]:
     dtype = getattr(torch, case.dtype)
     g = torch.Generator(device="cpu").manual_seed(0)
     queries = [torch.randn(case.T, case.H, case.Dk, generator=g).to(device=device, dtype=dtype) for _ in range(3)]
@@ -384,6 +424,8 @@ def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int) -> Li
     rows: List[Row] = []
     for impl, fn in impls.items():
         for part, backward in (("forward", False), ("forward+backward", True)):
+            if part not in parts:
+                continue
             def call(i):
                 q = queries[i % 3].requires_grad_(backward)
                 kk = keys.requires_grad_(backward)
@@ -393,7 +435,7 @@ def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int) -> Li
 
             base = _peak_reset(device)
             try:
-                times = time_fn(call, device, warmup=2, reps=reps)
+                times = time_fn(call, device, warmup=2, reps=reps, budget_s=BUDGET_S)
             except torch.OutOfMemoryError:
                 continue
             peak = _peak_bytes(device, base)
@@ -407,6 +449,98 @@ def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int) -> Li
         q.requires_grad_(False)
     _speedups(rows)
     return rows
+
+
+def bench_case(case, device: torch.device, ceilings, reps: int, **kw) -> List[Row]:
+    """One case's rows; a case whose inputs do not fit the device is skipped."""
+    bench = {EBCase: bench_embedding_bag, PKCase: bench_pk_topk, LayerCase: bench_layer}[type(case)]
+    try:
+        return bench(case, device, ceilings, reps, **kw)
+    except torch.OutOfMemoryError:
+        print(f"skipped {case.name}: out of memory on {device}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return []
+
+
+# ---- scaling sweeps ---------------------------------------------------------------------------
+
+# (op, swept field, base case, values). The embedding-bag sweeps time the
+# sparse backward (it should stay flat in N) against torch's sparse one.
+SWEEPS = {
+    "quick": [
+        ("embedding_bag", "T", EBCase("eb_sweep", 1 << 16, 128, 512, 32, "float32"), [256, 512, 1024, 2048, 4096]),
+        ("embedding_bag", "N", EBCase("eb_sweep", 1 << 16, 128, 1024, 32, "float32"), [1 << 12, 1 << 14, 1 << 16, 1 << 18]),
+        ("embedding_bag", "D", EBCase("eb_sweep", 1 << 14, 128, 1024, 32, "float32"), [32, 64, 128, 256, 512]),
+        ("pk_topk", "k", PKCase("pk_sweep", 256, 4, 512, 256, 32, "float32"), [8, 16, 32, 64]),
+        ("pk_topk", "n_keys", PKCase("pk_sweep", 256, 4, 512, 256, 32, "float32"), [128, 256, 512, 1024]),
+    ],
+    "paper": [
+        ("embedding_bag", "T", EBCase("eb_sweep", 1 << 20, 1024, 4096, 32, "bfloat16"), [1024, 2048, 4096, 8192, 16384]),
+        ("embedding_bag", "N", EBCase("eb_sweep", 1 << 20, 1024, 4096, 32, "bfloat16"), [1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]),
+        ("embedding_bag", "D", EBCase("eb_sweep", 1 << 20, 1024, 4096, 32, "bfloat16"), [256, 512, 1024, 2048, 4096]),
+        ("pk_topk", "k", PKCase("pk_sweep", 4096, 4, 1024, 512, 32, "bfloat16"), [8, 16, 32, 64, 128]),
+        ("pk_topk", "n_keys", PKCase("pk_sweep", 4096, 4, 1024, 512, 32, "bfloat16"), [256, 512, 1024, 2048, 4096, 8192]),
+    ],
+    "tiny": [
+        ("embedding_bag", "N", EBCase("eb_sweep", 1000, 16, 16, 4, "float32"), [100, 1000]),
+        ("pk_topk", "k", PKCase("pk_sweep", 8, 2, 32, 16, 4, "float32"), [2, 4]),
+    ],
+}
+
+
+def run_sweeps(preset: str, device: torch.device, ceilings, reps: int) -> List[Dict[str, object]]:
+    points = []
+    for op, field_name, base, values in SWEEPS[preset]:
+        for value in values:
+            case = replace(base, **{field_name: value}, name=f"{base.name}_{field_name}={value}")
+            if op == "embedding_bag":
+                rows = bench_case(case, device, ceilings, reps,
+                                  impls={"memkernels_sparse", "torch.F.embedding_bag_sparse"})
+            else:
+                rows = bench_case(case, device, ceilings, reps, parts=("forward",))
+            for r in rows:
+                points.append({"op": op, "param": field_name, "value": value, "impl": r.impl, "part": r.part,
+                               "median_s": r.median_s, "GBps": r.GBps, "pct_floor": r.pct_floor})
+    return points
+
+
+# ---- plots --------------------------------------------------------------------------------------
+
+
+def draw_plots(result: Dict[str, object], out_dir: str) -> List[str]:
+    """PNG charts of a bench result: per op, median time and percent of the
+    floor per implementation and part; per sweep, time against the swept
+    size. Returns the files written."""
+    from . import _plot
+
+    files = []
+    rows = result["results"]
+    for op in sorted({r["op"] for r in rows}):
+        op_rows = [r for r in rows if r["op"] == op]
+        groups = sorted({f"{r['case']} {r['part']}" for r in op_rows})
+        impls = sorted({r["impl"] for r in op_rows})
+        for metric, label, scale in (("median_s", "ms", 1e3), ("pct_floor", "% of floor", 1.0)):
+            series = {}
+            for impl in impls:
+                vals = []
+                for g in groups:
+                    hit = [r[metric] * scale for r in op_rows if f"{r['case']} {r['part']}" == g and r["impl"] == impl]
+                    vals.append(hit[0] if hit else float("nan"))
+                series[impl] = vals
+            name = os.path.join(out_dir, f"{op}_{'time' if metric == 'median_s' else 'floor'}.png")
+            _plot.bar_chart(name, f"{op}: {label}", label, groups, series)
+            files.append(name)
+    sweeps = result.get("sweeps") or []
+    for op, param in sorted({(p["op"], p["param"]) for p in sweeps}):
+        pts = [p for p in sweeps if p["op"] == op and p["param"] == param]
+        series = {}
+        for p in pts:
+            series.setdefault(f"{p['impl']} {p['part']}", []).append((p["value"], p["median_s"] * 1e3))
+        name = os.path.join(out_dir, f"sweep_{op}_{param}.png")
+        _plot.line_chart(name, f"{op}: time vs {param}", param, "ms", series)
+        files.append(name)
+    return files
 
 
 # ---- entry point -----------------------------------------------------------------------------
@@ -427,13 +561,13 @@ def environment(device: torch.device) -> Dict[str, object]:
 
 
 def format_table(rows: List[Row]) -> str:
-    head = (f"{'case':<15}{'impl':<23}{'part':<18}{'median ms':>10}{'GB/s':>8}{'% copy':>8}{'TFLOP/s':>9}"
+    head = (f"{'case':<15}{'impl':<30}{'part':<18}{'median ms':>10}{'GB/s':>8}{'% copy':>8}{'TFLOP/s':>9}"
             f"{'% floor':>8}{'peak MB':>9}  speedup")
     lines = [head, "-" * len(head)]
     for r in rows:
         peak = f"{r.peak_bytes / 2**20:.0f}" if r.peak_bytes is not None else "-"
         sp = ", ".join(f"{v:.2f}x vs {k}" for k, v in r.speedup.items())
-        lines.append(f"{r.case:<15}{r.impl:<23}{r.part:<18}{r.median_s * 1e3:>10.3f}{r.GBps:>8.1f}"
+        lines.append(f"{r.case:<15}{r.impl:<30}{r.part:<18}{r.median_s * 1e3:>10.3f}{r.GBps:>8.1f}"
                      f"{r.pct_copy:>8.1f}{r.TFLOPs:>9.3f}{r.pct_floor:>8.1f}{peak:>9}  {sp}")
     return "\n".join(lines)
 
@@ -444,7 +578,8 @@ def main(argv=None) -> Dict[str, object]:
                    help="quick (CPU-sized) or paper (reference shapes); default: paper on a GPU, else quick")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--reps", type=int, default=None, help="timed calls per case (default 20, 5 for tiny)")
-    p.add_argument("--out", default=None, help="folder for bench.json")
+    p.add_argument("--out", default=None, help="folder for bench.json and the PNG plots")
+    p.add_argument("--no-sweeps", action="store_true", help="skip the scaling sweeps")
     args = p.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -453,22 +588,26 @@ def main(argv=None) -> Dict[str, object]:
     ceilings = measure_ceilings(device, quick=preset in ("tiny", "quick"))
     rows: List[Row] = []
     for case in PRESETS[preset]:
-        if isinstance(case, EBCase):
-            rows += bench_embedding_bag(case, device, ceilings, reps)
-        elif isinstance(case, PKCase):
-            rows += bench_pk_topk(case, device, ceilings, reps)
-        else:
-            rows += bench_layer(case, device, ceilings, reps)
+        rows += bench_case(case, device, ceilings, reps)
+    sweeps = [] if args.no_sweeps else run_sweeps(preset, device, ceilings, reps)
     result = {"environment": environment(device), "preset": preset, "ceilings": ceilings,
-              "results": [asdict(r) for r in rows]}
+              "results": [asdict(r) for r in rows], "sweeps": sweeps}
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "bench.json"), "w") as f:
             json.dump(result, f, indent=1)
+        result["plots"] = draw_plots(result, args.out)
     env = result["environment"]
     print(f"memkernels bench: {env['device_name']} ({device.type}), torch {env['torch']}, preset {preset}")
     print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, matmul {ceilings['matmul_TFLOPs']:.2f} TFLOP/s "
           f"({ceilings['matmul_dtype']})")
+    if sweeps:
+        print("sweeps (median ms):")
+        for op, param in sorted({(p["op"], p["param"]) for p in sweeps}):
+            pts = [p for p in sweeps if p["op"] == op and p["param"] == param]
+            for impl in sorted({p["impl"] for p in pts}):
+                line = "  ".join(f"{p['value']}:{p['median_s'] * 1e3:.3g}" for p in pts if p["impl"] == impl)
+                print(f"  {op} vs {param:<7} {impl:<30} {line}")
     print(format_table(rows))
     return result
 

@@ -43,6 +43,14 @@ def test_bench_entry_tiny(tmp_path, capsys):
             base = {"embedding_bag": "torch.F.embedding_bag", "pk_topk": "composite", "layer": "reference"}[r["op"]]
             assert base in r["speedup"]
     assert result["results"] == rows
+    sweeps = on_disk["sweeps"]
+    assert {(p["op"], p["param"]) for p in sweeps} == {("embedding_bag", "N"), ("pk_topk", "k")}
+    assert {p["value"] for p in sweeps if p["op"] == "embedding_bag"} == {100, 1000}
+    assert all(p["median_s"] > 0 for p in sweeps)
+    plots = sorted(path.name for path in tmp_path.glob("*.png"))
+    assert "embedding_bag_time.png" in plots and "sweep_pk_topk_k.png" in plots and "layer_floor.png" in plots
+    for name in plots:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert ("layer", "memkernels", "forward+backward") in impls and ("layer", "reference", "forward") in impls
     assert printed.strip().splitlines()[-1].startswith("layer_tiny")  # the table comes last
