@@ -63,8 +63,10 @@ def nvidia_include_dirs():
 
 def extension():
     with_cuda = want_cuda()
-    core = ["csrc/core/c_api.cpp", "csrc/core/embedding_bag_cpu.cpp", "csrc/core/pk_topk_cpu.cpp"]
-    glue = ["csrc/torch/registration.cpp", "csrc/torch/embedding_bag.cpp", "csrc/torch/pk_topk.cpp"]
+    core = ["csrc/core/c_api.cpp", "csrc/core/embedding_bag_cpu.cpp", "csrc/core/pk_topk_cpu.cpp",
+            "csrc/core/row_update_cpu.cpp"]
+    glue = ["csrc/torch/registration.cpp", "csrc/torch/embedding_bag.cpp", "csrc/torch/pk_topk.cpp",
+            "csrc/torch/row_update.cpp"]
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
     defines = [
         ("MK_VERSION", f'"{VERSION}"'),
@@ -97,8 +99,10 @@ def extension():
     kwargs["sources"] = core + glue + [
         "csrc/core/embedding_bag_cuda.cu",
         "csrc/core/pk_topk_cuda.cu",
+        "csrc/core/row_update_cuda.cu",
         "csrc/torch/embedding_bag_cuda.cpp",
         "csrc/torch/pk_topk_cuda.cpp",
+        "csrc/torch/row_update_cuda.cpp",
     ]
     kwargs["include_dirs"] += nvidia_include_dirs()
     kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": nvcc}

@@ -9,6 +9,8 @@ Ops (each with CPU and CUDA kernels, autograd and torch.compile support):
 
 Modules: :class:`memkernels.nn.ProductKeyMemory` (Memory+ layer) and
 :class:`memkernels.nn.ValuePool` (a value table layers can share).
+Optimizer: :class:`memkernels.optim.SparseRowOptimizer` (row-sparse SGD,
+Adam/AdamW, row-wise Adagrad; optionally fused into the backward).
 
 See ``docs/`` for the op contracts and ``memkernels.reference`` for the
 pure-PyTorch oracle.
@@ -19,12 +21,12 @@ import json as _json
 import torch as _torch
 
 from . import _C  # noqa: F401  (loads the extension and registers torch.ops.memkernels)
-from . import nn, reference
+from . import nn, optim, reference
 from .ops import embedding_bag, pk_topk
 
 __version__ = "0.1.0"
 
-__all__ = ["embedding_bag", "pk_topk", "nn", "build_info", "reference", "__version__"]
+__all__ = ["embedding_bag", "pk_topk", "nn", "optim", "build_info", "reference", "__version__"]
 
 
 def build_info() -> dict:

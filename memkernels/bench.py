@@ -193,6 +193,17 @@ def layer_bytes(c: LayerCase, elt: int) -> int:
 
 
 @dataclass
+class UpdateCase:
+    """A training step of a value table: forward, backward and an Adam-type update."""
+    name: str
+    N: int
+    D: int
+    T: int
+    B: int
+    dtype: str
+
+
+@dataclass
 class EBCase:
     name: str
     N: int
@@ -209,6 +220,9 @@ PRESETS = {
         EBCase("eb_cpu", 65536, 256, 2048, 128, "float32"),
         PKCase("pk_cpu", 1024, 4, 1024, 512, 32, "float32"),
         LayerCase("layer_cpu", 1024, 256, 256, 4, 32, 128, "float32"),
+        UpdateCase("update_N=16k", 1 << 14, 64, 1024, 32, "float32"),
+        UpdateCase("update_N=256k", 1 << 18, 64, 1024, 32, "float32"),
+        UpdateCase("update_N=1M", 1 << 20, 64, 1024, 32, "float32"),
     ],
     # The design's reference shapes (GPU).
     "paper": [
@@ -216,12 +230,17 @@ PRESETS = {
         EBCase("eb_ref_bag128", 1 << 20, 4096, 4096, 128, "bfloat16"),
         PKCase("pk_ref", 4096, 4, 1024, 512, 32, "bfloat16"),
         LayerCase("layer_ref", 4096, 4096, 1024, 4, 32, 512, "bfloat16"),
+        UpdateCase("update_N=64k", 1 << 16, 1024, 4096, 32, "float32"),
+        UpdateCase("update_N=1M", 1 << 20, 1024, 4096, 32, "float32"),
+        UpdateCase("update_N=4M", 1 << 22, 1024, 4096, 32, "float32"),
+        UpdateCase("update_N=16M", 1 << 24, 1024, 4096, 32, "float32"),
     ],
     # For the test suite: tiny, seconds.
     "tiny": [
         EBCase("eb_tiny", 1000, 24, 16, 4, "float32"),
         PKCase("pk_tiny", 16, 2, 64, 32, 8, "float32"),
         LayerCase("layer_tiny", 32, 32, 16, 2, 4, 16, "float32"),
+        UpdateCase("update_tiny", 1000, 8, 16, 4, "float32"),
     ],
 }
 
@@ -401,6 +420,72 @@ def bench_layer(case: LayerCase, device: torch.device, ceilings, reps: int) -> L
     return rows
 
 
+def bench_update(case: UpdateCase, device: torch.device, ceilings, reps: int) -> List[Row]:
+    """One training step of a value table (forward, backward, Adam-type
+    update), four ways: memkernels' fused backward+update, memkernels' sparse
+    gradient + SparseRowOptimizer, torch's dense gradient + AdamW, and torch's
+    sparse gradient + SparseAdam. Ours should stay flat as N grows."""
+    from .optim import SparseRowOptimizer
+
+    dtype = getattr(torch, case.dtype)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    data = []
+    for _ in range(3):
+        idx = torch.randint(0, case.N, (case.T, case.B), generator=g).to(device)
+        w = torch.rand(case.T, case.B, generator=g).to(device)
+        gout = torch.randn(case.T, case.D, generator=g).to(device=device, dtype=dtype)
+        data.append((idx, w, gout))
+    unique = int(statistics.mean(torch.unique(b[0]).numel() for b in data))
+    elt = torch.empty((), dtype=dtype).element_size()
+    base = embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, 8, unique, "forward")
+    base += embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, 8, unique, "backward_sparse")
+    # The update reads and writes each touched row and its two fp32 moments.
+    nbytes = base + unique * case.D * 2 * (elt + 8)
+
+    def setup(impl):
+        table = torch.nn.Parameter(torch.randn(case.N, case.D, generator=g).to(device=device, dtype=dtype))
+        if impl == "memkernels_fused":
+            opt = SparseRowOptimizer([table], "adam", lr=1e-3)
+            opt.fuse(table)
+        elif impl == "memkernels_sparse":
+            opt = SparseRowOptimizer([table], "adam", lr=1e-3)
+        elif impl == "torch_dense_adamw":
+            opt = torch.optim.AdamW([table], lr=1e-3)
+        else:
+            opt = torch.optim.SparseAdam([table], lr=1e-3)
+        return table, opt
+
+    rows: List[Row] = []
+    for impl in ("memkernels_fused", "memkernels_sparse", "torch_dense_adamw", "torch_sparse_adam"):
+        base_mem = _peak_reset(device)
+        try:
+            table, opt = setup(impl)
+
+            def call(i, table=table, opt=opt, impl=impl):
+                idx, w, gout = data[i % 3]
+                if impl.startswith("memkernels"):
+                    out = memkernels.embedding_bag(table, idx, w, sparse=impl == "memkernels_sparse",
+                                                   check_indices=False)
+                else:
+                    out = F.embedding_bag(idx, table, mode="sum", per_sample_weights=w.to(dtype),
+                                          sparse=impl == "torch_sparse_adam")
+                out.backward(gout)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            times = time_fn(call, device, warmup=2, reps=reps, budget_s=BUDGET_S)
+        except torch.OutOfMemoryError:
+            continue
+        finally:
+            table = opt = None
+        peak = _peak_bytes(device, base_mem)
+        rows.append(_row("train_step", case, impl, "fwd+bwd+update", device, times, nbytes,
+                         6 * case.T * case.B * case.D, ceilings, peak))
+    _speedups(rows, pairs={("memkernels_fused", "torch_dense_adamw"), ("memkernels_fused", "torch_sparse_adam"),
+                           ("memkernels_sparse", "torch_sparse_adam")})
+    return rows
+
+
 def _product_key_memory_layer(case: LayerCase, device, dtype):
     """The `product-key-memory` package's PKM at this case's configuration,
     or None when the package is not installed."""
@@ -453,7 +538,8 @@ def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int,
 
 def bench_case(case, device: torch.device, ceilings, reps: int, **kw) -> List[Row]:
     """One case's rows; a case whose inputs do not fit the device is skipped."""
-    bench = {EBCase: bench_embedding_bag, PKCase: bench_pk_topk, LayerCase: bench_layer}[type(case)]
+    bench = {EBCase: bench_embedding_bag, PKCase: bench_pk_topk, LayerCase: bench_layer,
+             UpdateCase: bench_update}[type(case)]
     try:
         return bench(case, device, ceilings, reps, **kw)
     except torch.OutOfMemoryError:

@@ -208,6 +208,19 @@ class ProductKeyMemory(nn.Module):
             out = out * torch.sigmoid(self.gate_proj(x)).to(out.dtype)
         return out.reshape(*lead, self.dim)
 
+    def fuse_value_updates(self, optimizer) -> None:
+        """Turns on the fused path: this layer's backward applies
+        ``optimizer`` (a ``memkernels.optim.SparseRowOptimizer`` holding the
+        value table) to the touched rows directly, and the table gets no
+        ``.grad``. Eager mode only; see ``memkernels.optim``."""
+        from .optim import SparseRowOptimizer
+
+        if not isinstance(optimizer, SparseRowOptimizer):
+            raise TypeError(f"ProductKeyMemory: fused value updates need a SparseRowOptimizer; got {type(optimizer).__name__}")
+        if self.backend != "kernels":
+            raise ValueError("ProductKeyMemory: fused value updates need backend='kernels'")
+        optimizer.fuse(self.values.weight)
+
     # ---- usage statistics ------------------------------------------------------------
 
     def reset_usage(self) -> None:

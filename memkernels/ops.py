@@ -88,12 +88,17 @@ def _embedding_bag_setup_context(ctx, inputs, output):
     values, indices, weights, sparse, _check = inputs
     ctx.save_for_backward(values, indices, weights)
     ctx.sparse = sparse
+    # memkernels.optim.SparseRowOptimizer.fuse: the backward updates the table itself.
+    ctx.fused = getattr(values, "_memkernels_fused_optimizer", None)
 
 
 def _embedding_bag_backward(ctx, grad_out: Tensor) -> Tuple:
     values, indices, weights = ctx.saved_tensors
     want_values, _, want_weights = ctx.needs_input_grad[:3]
     grad_values = grad_weights = None
+    if ctx.fused is not None and want_values:
+        grad_weights = ctx.fused.fused_backward(values, grad_out, indices, weights)
+        return None, None, grad_weights.to(weights.dtype) if want_weights else None, None, None
     if ctx.sparse:
         rows, row_grads, grad_weights = torch.ops.memkernels.embedding_bag_backward_sparse.default(
             grad_out, values, indices, weights
@@ -120,6 +125,18 @@ torch.library.register_autograd(
     _embedding_bag_backward,
     setup_context=_embedding_bag_setup_context,
 )
+
+
+@torch.library.register_fake("memkernels::sparse_row_update")
+def _sparse_row_update_fake(table, rows, grads, state1, state2, kind, hyper, step, stochastic_rounding, seed):
+    return None
+
+
+@torch.library.register_fake("memkernels::embedding_bag_backward_update")
+def _embedding_bag_backward_update_fake(grad_out, values, indices, weights, state1, state2, kind, hyper, step,
+                                        stochastic_rounding, seed):
+    acc = torch.float64 if values.dtype == torch.float64 else torch.float32
+    return weights.new_empty(weights.shape, dtype=acc)
 
 
 # ---- product-key top-k -------------------------------------------------------------

@@ -40,7 +40,8 @@ def test_bench_entry_tiny(tmp_path, capsys):
             assert key in r
         assert r["median_s"] > 0 and len(r["times_s"]) == 2 and r["bytes"] > 0 and r["flops"] > 0
         if r["impl"] == "memkernels":
-            base = {"embedding_bag": "torch.F.embedding_bag", "pk_topk": "composite", "layer": "reference"}[r["op"]]
+            base = {"embedding_bag": "torch.F.embedding_bag", "pk_topk": "composite", "layer": "reference",
+                    "train_step": "torch_sparse_adam"}[r["op"]]
             assert base in r["speedup"]
     assert result["results"] == rows
     sweeps = on_disk["sweeps"]
@@ -53,4 +54,6 @@ def test_bench_entry_tiny(tmp_path, capsys):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert ("layer", "memkernels", "forward+backward") in impls and ("layer", "reference", "forward") in impls
-    assert printed.strip().splitlines()[-1].startswith("layer_tiny")  # the table comes last
+    steps = {r["impl"] for r in rows if r["op"] == "train_step"}
+    assert steps == {"memkernels_fused", "memkernels_sparse", "torch_dense_adamw", "torch_sparse_adam"}
+    assert printed.strip().splitlines()[-1].startswith("update_tiny")  # the table comes last

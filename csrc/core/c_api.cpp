@@ -5,6 +5,7 @@
 #include "embedding_bag.h"
 #include "memkernels.h"
 #include "pk_topk.h"
+#include "row_update_internal.h"
 
 #ifndef MK_VERSION
 #define MK_VERSION "0.0.0"
@@ -60,6 +61,20 @@ mk_status pk_check_select_args(const mk_pk_select_args* a) {
   if (a->num_tokens * a->num_heads > 0 &&
       (!a->scores1 || !a->scores2 || !a->out_scores || !a->out_indices))
     return MK_ERR_INVALID_ARGUMENT;
+  return MK_OK;
+}
+
+mk_status row_update_check_args(const mk_sparse_row_update_args* a) {
+  if (!a) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_rows < 0 || a->dim < 1 || a->num_updates < 0 || a->table_row_stride < a->dim)
+    return MK_ERR_INVALID_ARGUMENT;
+  if (!valid_value_dtype(a->value_dtype)) return MK_ERR_UNSUPPORTED;
+  const mk_row_update& u = a->update;
+  if (u.kind != MK_OPT_SGD && u.kind != MK_OPT_ADAM && u.kind != MK_OPT_ADAGRAD_ROWWISE)
+    return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_updates > 0 && (!a->table || !a->rows || !a->grads)) return MK_ERR_INVALID_ARGUMENT;
+  if (u.kind == MK_OPT_ADAM && (!u.state1 || !u.state2 || u.step < 1)) return MK_ERR_INVALID_ARGUMENT;
+  if (u.kind == MK_OPT_ADAGRAD_ROWWISE && !u.state1) return MK_ERR_INVALID_ARGUMENT;
   return MK_OK;
 }
 
@@ -195,6 +210,19 @@ mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_args* args
   if (device == MK_CPU) return mk::eb_backward_reduce_cpu(*args, ws, l);
 #ifdef MK_WITH_CUDA
   if (device == MK_CUDA) return mk::eb_backward_reduce_cuda(*args, ws, l, stream);
+#endif
+  (void)stream;
+  return MK_ERR_UNSUPPORTED;
+}
+
+mk_status mk_sparse_row_update(const mk_sparse_row_update_args* args, mk_device device,
+                               void* stream) {
+  mk_status st = mk::row_update_check_args(args);
+  if (st != MK_OK) return st;
+  if (args->num_updates == 0) return MK_OK;
+  if (device == MK_CPU) return mk::row_update_cpu(*args);
+#ifdef MK_WITH_CUDA
+  if (device == MK_CUDA) return mk::row_update_cuda(*args, stream);
 #endif
   (void)stream;
   return MK_ERR_UNSUPPORTED;

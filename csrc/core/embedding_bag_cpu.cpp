@@ -325,9 +325,17 @@ struct ReduceView {
   int64_t D, B, C, stride;
   int64_t T, num_pairs, row_bytes, ahead;  // prefetching
 
-  bool rows_wanted() const { return grad_dense || grad_sparse; }
-  V* row_dest(int32_t s) const {
-    return grad_dense ? grad_dense + int64_t(unique[s]) * D : grad_sparse + int64_t(s) * D;
+  A* grad_sparse_acc;  // or null: sparse row gradients kept in the accumulation type
+
+  bool rows_wanted() const { return grad_dense || grad_sparse || grad_sparse_acc; }
+  // Writes columns [c0, c0 + w) of segment s's finished row gradient.
+  void write_row(int32_t s, const A* row, int64_t c0, int64_t w) const {
+    if (grad_sparse_acc) {
+      std::copy(row, row + w, grad_sparse_acc + int64_t(s) * D + c0);
+      return;
+    }
+    V* dst = grad_dense ? grad_dense + int64_t(unique[s]) * D : grad_sparse + int64_t(s) * D;
+    store_row(dst + c0, row, w);
   }
 };
 
@@ -436,7 +444,7 @@ MK_CLONES void reduce_chunks(const ReduceView<V, K>& r, A* __restrict row, A* __
     if (r.chunk_off[s + 1] - r.chunk_off[s] > 1) {
       std::copy(row, row + D, r.partials + int64_t(r.part_off[s] + k) * D);
     } else {
-      store_row(r.row_dest(s), row, D);
+      r.write_row(s, row, 0, D);
     }
   }
 }
@@ -448,7 +456,7 @@ MK_CLONES void combine_columns(const ReduceView<V, K>& r, A* __restrict acc, int
   std::fill(acc, acc + w, A(0));
   for (int32_t q = r.part_off[s]; q < r.part_off[s + 1]; ++q)
     add_row(acc, r.partials + int64_t(q) * r.D + c0, w);
-  store_row(r.row_dest(s) + c0, acc, w);
+  r.write_row(s, acc, c0, w);
 }
 
 template <class V, class I>
@@ -464,7 +472,8 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   r.grad_out = static_cast<const V*>(a.grad_out);
   r.grad_w = static_cast<A*>(a.grad_weights);
   r.grad_dense = static_cast<V*>(a.grad_values);
-  r.grad_sparse = static_cast<V*>(a.sparse_grads);
+  r.grad_sparse = a.sparse_grads_acc ? nullptr : static_cast<V*>(a.sparse_grads);
+  r.grad_sparse_acc = a.sparse_grads_acc ? static_cast<A*>(a.sparse_grads) : nullptr;
   r.partials = reinterpret_cast<A*>(ws + l.partials);
   r.unique = reinterpret_cast<const K*>(ws + l.unique_rows);
   r.pairs = reinterpret_cast<const int32_t*>(ws + l.sorted_pairs);

@@ -380,6 +380,7 @@ struct BwdParams {
   A* grad_weights;   // may be null
   V* grad_dense;     // [N, D] or null
   V* grad_sparse;    // [U, D] or null
+  A* grad_sparse_acc;  // [U, D] in the accumulation type, or null
   int64_t* sparse_rows;
   A* partials;
   const int32_t* counters;
@@ -399,7 +400,7 @@ __device__ __forceinline__ V* row_dest(const BwdParams<V, K>& p, int32_t s) {
   const K r = p.unique[s];
   if (uint64_t(r) >= uint64_t(p.N)) return nullptr;
   if (p.grad_dense) return p.grad_dense + int64_t(r) * p.D;
-  return p.grad_sparse + int64_t(s) * p.D;
+  return p.grad_sparse ? p.grad_sparse + int64_t(s) * p.D : nullptr;
 }
 
 // A warp per chunk, grid-stride over the chunks the plan counted.
@@ -410,7 +411,7 @@ __global__ void __launch_bounds__(kBlockThreads) eb_backward_chunks_kernel(BwdPa
   const int lane = threadIdx.x & 31;
   const int32_t n_unique = p.counters[kNumUnique];
   const int32_t n_chunks = p.counters[kNumChunks];
-  const bool rows_wanted = p.grad_dense || p.grad_sparse;
+  const bool rows_wanted = p.grad_dense || p.grad_sparse || p.grad_sparse_acc;
   const bool wgrad = p.grad_weights != nullptr;
   const int64_t stride_w = int64_t(gridDim.x) * kWarpsPerBlock;
 
@@ -437,7 +438,8 @@ __global__ void __launch_bounds__(kBlockThreads) eb_backward_chunks_kernel(BwdPa
     const K r = p.unique[s];
     const bool valid = uint64_t(r) < uint64_t(p.N);
     V* dest = split ? nullptr : row_dest(p, s);
-    A* partial = split ? p.partials + int64_t(p.partial_offsets[s] + k) * p.D : nullptr;
+    A* partial = split ? p.partials + int64_t(p.partial_offsets[s] + k) * p.D
+                       : (p.grad_sparse_acc ? p.grad_sparse_acc + int64_t(s) * p.D : nullptr);
     const V* vrow = valid ? p.values + int64_t(r) * p.stride : nullptr;
 
     for (int64_t col0 = 0; col0 < p.D; col0 += kTile) {
@@ -514,11 +516,14 @@ __global__ void eb_backward_combine_kernel(BwdParams<V, K> p) {
   for (int32_t h = blockIdx.y; h < n_hot; h += gridDim.y) {
     const int32_t s = p.hot_list[h];
     V* dest = row_dest(p, s);
-    if (!dest) continue;
+    if (!dest && !p.grad_sparse_acc) continue;
     A sum = A(0);
     for (int32_t q = p.partial_offsets[s]; q < p.partial_offsets[s + 1]; ++q)
       sum += p.partials[int64_t(q) * p.D + col];
-    dest[col] = from_acc<V>(sum);
+    if (p.grad_sparse_acc)
+      p.grad_sparse_acc[int64_t(s) * p.D + col] = sum;
+    else
+      dest[col] = from_acc<V>(sum);
   }
 }
 
@@ -546,7 +551,8 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   p.grad_out = static_cast<const V*>(a.grad_out);
   p.grad_weights = static_cast<A*>(a.grad_weights);
   p.grad_dense = static_cast<V*>(a.grad_values);
-  p.grad_sparse = static_cast<V*>(a.sparse_grads);
+  p.grad_sparse = a.sparse_grads_acc ? nullptr : static_cast<V*>(a.sparse_grads);
+  p.grad_sparse_acc = a.sparse_grads_acc ? static_cast<A*>(a.sparse_grads) : nullptr;
   p.sparse_rows = a.sparse_rows;
   p.partials = at<A>(ws, l.partials);
   p.counters = at<int32_t>(ws, l.counters);
@@ -561,7 +567,7 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   p.B = a.bag_size;
   p.stride = a.values_row_stride;
   p.C = eb_chunk_size(a.bag_size);
-  if (!p.grad_weights && !p.grad_dense && !p.grad_sparse) return MK_OK;
+  if (!p.grad_weights && !p.grad_dense && !p.grad_sparse && !p.grad_sparse_acc) return MK_OK;
 
   const int64_t max_chunks = P + P / p.C;
   constexpr int VEC = int(16 / sizeof(V));
@@ -578,7 +584,7 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   if (st != MK_OK) return st;
 
   const int64_t max_hot = P / (p.C + 1);
-  if ((p.grad_dense || p.grad_sparse) && max_hot > 0) {
+  if ((p.grad_dense || p.grad_sparse || p.grad_sparse_acc) && max_hot > 0) {
     dim3 grid(unsigned((p.D + 255) / 256), unsigned(max_hot < 1024 ? max_hot : 1024));
     eb_backward_combine_kernel<V, K><<<grid, 256, 0, stream>>>(p);
     MK_LAUNCH_CHECK();

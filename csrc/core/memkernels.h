@@ -90,8 +90,53 @@ typedef struct mk_embedding_bag_bwd_args {
   void* grad_values;
   int64_t* sparse_rows;
   void* sparse_grads;
+  int sparse_grads_acc; /* sparse_grads in the accumulation type instead of the values' dtype */
   int num_threads; /* CPU threads; 0 uses the OpenMP default */
 } mk_embedding_bag_bwd_args;
+
+/* Row-sparse optimizer updates: only the given (distinct) rows of a table
+ * change, in place. Deterministic: each row is updated by one thread or warp,
+ * and stochastic rounding draws its bits from (seed, step, row, column) only.
+ *
+ *   SGD:      w -= lr * g
+ *   ADAM:     the semantics of torch.optim.SparseAdam on the touched rows
+ *             (global step count for bias correction):
+ *               m += (1 - beta1) * (g - m);  v += (1 - beta2) * (g*g - v)
+ *               w -= lr * sqrt(1 - beta2^step) / (1 - beta1^step) * m / (sqrt(v) + eps)
+ *   ADAGRAD_ROWWISE: one accumulator per row:
+ *               G += mean(g*g);  w -= lr * g / (sqrt(G) + eps)
+ * weight_decay is decoupled and applied to touched rows only, before the
+ * update: w -= lr * weight_decay * w (AdamW for ADAM). max_row_norm > 0 scales
+ * each row's gradient to an L2 norm of at most max_row_norm first.
+ * Optimizer state is fp32; the table may be f32, f16, bf16 or f64 (f64 state
+ * for f64 tables). */
+typedef enum mk_row_optimizer {
+  MK_OPT_SGD = 0,
+  MK_OPT_ADAM = 1,
+  MK_OPT_ADAGRAD_ROWWISE = 2
+} mk_row_optimizer;
+
+typedef struct mk_row_update {
+  mk_row_optimizer kind;
+  double lr, beta1, beta2, eps, weight_decay, max_row_norm;
+  int64_t step;            /* ADAM: the step count including this update, >= 1 */
+  int stochastic_rounding; /* f16/bf16 tables: round each new value stochastically */
+  uint64_t seed;
+  void* state1; /* ADAM: exp_avg [N, D]; ADAGRAD_ROWWISE: [N]; SGD: unused */
+  void* state2; /* ADAM: exp_avg_sq [N, D] */
+} mk_row_update;
+
+typedef struct mk_sparse_row_update_args {
+  int64_t num_rows, dim;
+  mk_dtype value_dtype;
+  void* table; /* [N, D], row stride table_row_stride, updated in place */
+  int64_t table_row_stride;
+  int64_t num_updates;  /* U */
+  const int64_t* rows;  /* [U] distinct, in [0, N) */
+  const void* grads;    /* [U, D] contiguous, in the table's accumulation type */
+  mk_row_update update;
+  int num_threads;
+} mk_sparse_row_update_args;
 
 /* Product-key selection (the part of pk_topk after the half-scores).
  * For each token t and head h, with half-scores s1[t,h,:] and s2[t,h,:] over
@@ -134,6 +179,9 @@ MK_API mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_arg
                                                   mk_device device, void* stream);
 
 MK_API mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, void* stream);
+
+MK_API mk_status mk_sparse_row_update(const mk_sparse_row_update_args* args, mk_device device,
+                                      void* stream);
 
 #ifdef __cplusplus
 }

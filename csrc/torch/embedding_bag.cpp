@@ -170,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
     const at::Tensor& grad_out_in, const at::Tensor& values, const at::Tensor& indices_in,
-    const at::Tensor& weights, Backend be) {
+    const at::Tensor& weights, Backend be, bool acc_grads) {
   at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
   at::Tensor indices = indices_in.contiguous();
   at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);
@@ -182,10 +182,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
                                                &num_unique),
                kBwd);
   at::Tensor rows = at::empty({num_unique}, indices.options().dtype(at::kLong));
-  at::Tensor row_grads = at::empty({num_unique, values.size(1)}, values.options());
+  at::Tensor row_grads =
+      at::empty({num_unique, values.size(1)},
+                values.options().dtype(acc_grads ? weights_acc.scalar_type() : values.scalar_type()));
   a.grad_weights = grad_w.data_ptr();
   a.sparse_rows = rows.data_ptr<int64_t>();
   a.sparse_grads = row_grads.data_ptr();
+  a.sparse_grads_acc = acc_grads ? 1 : 0;
   check_status(mk_embedding_bag_backward_reduce(&a, ws.data_ptr(), size_t(ws.numel()), be.device,
                                                 be.stream),
                kBwd);

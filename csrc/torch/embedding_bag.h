@@ -18,9 +18,10 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad
                                                           const at::Tensor& weights, Backend be,
                                                           bool want_grad_weights = true);
 
-// (rows int64 [U] ascending, row gradients [U, D], grad_weights [T, B])
+// (rows int64 [U] ascending, row gradients [U, D] in the values' dtype, or in
+// the accumulation type with acc_grads, grad_weights [T, B])
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
     const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
-    const at::Tensor& weights, Backend be);
+    const at::Tensor& weights, Backend be, bool acc_grads = false);
 
 }  // namespace mkt

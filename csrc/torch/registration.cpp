@@ -28,6 +28,16 @@ TORCH_LIBRARY(memkernels, m) {
   m.def(
       "pk_topk_backward(Tensor grad_scores, Tensor query, Tensor keys, Tensor indices) "
       "-> (Tensor grad_query, Tensor grad_keys)");
+  // Row-sparse optimizer updates (in place) and the embedding-bag backward
+  // fused with them. `hyper` = (lr, beta1, beta2, eps, weight_decay, max_row_norm).
+  m.def(
+      "sparse_row_update(Tensor(a!) table, Tensor rows, Tensor grads, Tensor(b!)? state1, "
+      "Tensor(c!)? state2, str kind, float[] hyper, int step, bool stochastic_rounding, "
+      "int seed) -> ()");
+  m.def(
+      "embedding_bag_backward_update(Tensor grad_out, Tensor(a!) values, Tensor indices, "
+      "Tensor weights, Tensor(b!)? state1, Tensor(c!)? state2, str kind, float[] hyper, "
+      "int step, bool stochastic_rounding, int seed) -> Tensor grad_weights");
 }
 
 namespace {

@@ -180,6 +180,26 @@ void check_pk_select(int64_t T, int64_t H, int64_t n, int64_t k) {
   CHECK(mk_pk_select(&a, MK_CPU, nullptr) == MK_ERR_INVALID_ARGUMENT, "k > n accepted");
 }
 
+void check_row_update() {
+  std::vector<float> table(10 * 3, 1.0f), grads = {1, 2, 3, -1, -2, -3};
+  std::vector<int64_t> rows = {2, 7};
+  mk_sparse_row_update_args a{};
+  a.num_rows = 10;
+  a.dim = 3;
+  a.value_dtype = MK_F32;
+  a.table = table.data();
+  a.table_row_stride = 3;
+  a.num_updates = 2;
+  a.rows = rows.data();
+  a.grads = grads.data();
+  a.update.kind = MK_OPT_SGD;
+  a.update.lr = 0.5;
+  CHECK(mk_sparse_row_update(&a, MK_CPU, nullptr) == MK_OK, "sgd update failed");
+  CHECK(table[2 * 3 + 1] == 0.0f && table[7 * 3 + 2] == 2.5f && table[0] == 1.0f, "sgd update wrong");
+  a.update.kind = MK_OPT_ADAM;  // no state, step 0
+  CHECK(mk_sparse_row_update(&a, MK_CPU, nullptr) == MK_ERR_INVALID_ARGUMENT, "adam without state accepted");
+}
+
 }  // namespace
 
 int main() {
@@ -197,5 +217,6 @@ int main() {
   check_pk_select(5, 3, 37, 6);
   check_pk_select(2, 2, 37, 37);
   check_pk_select(3, 1, 100, 32);
+  check_row_update();
   return finish("test_core");
 }

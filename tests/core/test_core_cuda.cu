@@ -190,6 +190,76 @@ void check_pk_select(int64_t T, int64_t H, int64_t n, int64_t k) {
   cudaFree(out_i);
 }
 
+// CUDA row updates (Adam, row-wise Adagrad with clipping, SGD) agree with the
+// CPU kernel; the bf16 stochastic rounding bits are the same on both.
+void check_row_update(mk_row_optimizer kind, mk_dtype dtype) {
+  const int64_t N = 100, D = 37, U = 20;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  std::vector<float> table(size_t(N * D)), grads(size_t(U * D));
+  for (auto& x : table) x = nd(rng);
+  for (auto& x : grads) x = nd(rng);
+  std::vector<uint16_t> table16(table.size());
+  for (size_t i = 0; i < table.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &table[i], 4);
+    table16[i] = uint16_t(u >> 16);
+  }
+  std::vector<int64_t> rows(static_cast<size_t>(U));
+  for (int64_t i = 0; i < U; ++i) rows[size_t(i)] = i * 5;
+  std::vector<float> s1(size_t(kind == MK_OPT_ADAGRAD_ROWWISE ? N : N * D), 0.5f), s2(size_t(N * D), 0.25f);
+  mk_sparse_row_update_args a{};
+  a.num_rows = N;
+  a.dim = D;
+  a.value_dtype = dtype;
+  a.table_row_stride = D;
+  a.num_updates = U;
+  a.update.kind = kind;
+  a.update.lr = 0.01;
+  a.update.beta1 = 0.9;
+  a.update.beta2 = 0.99;
+  a.update.eps = 1e-6;
+  a.update.weight_decay = 0.1;
+  a.update.max_row_norm = kind == MK_OPT_ADAGRAD_ROWWISE ? 2.0 : 0.0;
+  a.update.step = 3;
+  a.update.stochastic_rounding = dtype == MK_BF16;
+  a.update.seed = 5;
+  // CPU
+  std::vector<float> ct = table, c1 = s1, c2 = s2;
+  std::vector<uint16_t> ct16 = table16;
+  a.table = dtype == MK_BF16 ? (void*)ct16.data() : (void*)ct.data();
+  a.rows = rows.data();
+  a.grads = grads.data();
+  a.update.state1 = c1.data();
+  a.update.state2 = c2.data();
+  CHECK(mk_sparse_row_update(&a, MK_CPU, nullptr) == MK_OK, "cpu update failed");
+  // CUDA
+  float* dt = to_device(table);
+  uint16_t* dt16 = to_device(table16);
+  int64_t* drows = to_device(rows);
+  float* dg = to_device(grads);
+  float* d1 = to_device(s1);
+  float* d2 = to_device(s2);
+  a.table = dtype == MK_BF16 ? (void*)dt16 : (void*)dt;
+  a.rows = drows;
+  a.grads = dg;
+  a.update.state1 = d1;
+  a.update.state2 = d2;
+  CHECK(mk_sparse_row_update(&a, MK_CUDA, nullptr) == MK_OK, "cuda update failed");
+  std::vector<float> gt = to_host(dt, table.size()), g1 = to_host(d1, s1.size());
+  std::vector<uint16_t> gt16 = to_host(dt16, table16.size());
+  double err = 0;
+  for (size_t i = 0; i < table.size(); ++i) err = std::fmax(err, std::fabs(double(gt[i]) - ct[i]));
+  for (size_t i = 0; i < s1.size(); ++i) err = std::fmax(err, std::fabs(double(g1[i]) - c1[i]));
+  CHECK(err < 1e-5, "row update differs from CPU by %g (kind %d)", err, int(kind));
+  if (dtype == MK_BF16) {
+    int differ = 0;
+    for (size_t i = 0; i < table16.size(); ++i) differ += gt16[i] != ct16[i];
+    CHECK(differ <= int(table16.size() / 1000), "%d bf16 values differ from CPU", differ);
+  }
+  for (void* p : {(void*)dt, (void*)dt16, (void*)drows, (void*)dg, (void*)d1, (void*)d2}) cudaFree(p);
+}
+
 }  // namespace
 
 int main() {
@@ -207,5 +277,9 @@ int main() {
   check_pk_select(5, 3, 37, 6);
   check_pk_select(2, 2, 37, 37);
   check_pk_select(3, 1, 300, 128);
+  check_row_update(MK_OPT_SGD, MK_F32);
+  check_row_update(MK_OPT_ADAM, MK_F32);
+  check_row_update(MK_OPT_ADAGRAD_ROWWISE, MK_F32);
+  check_row_update(MK_OPT_ADAM, MK_BF16);
   return finish("test_core_cuda");
 }

@@ -1,0 +1,125 @@
+// CUDA row-sparse optimizer updates (mk_sparse_row_update): a warp per
+// touched row (grid-stride). Row norms and Adagrad's row mean are warp
+// reductions in a fixed butterfly order; each element has one writer.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "row_update.h"
+#include "row_update_internal.h"
+
+namespace mk {
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+
+template <class V>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class V, class A>
+__device__ __forceinline__ void store_value(V* dst, A x, const mk_row_update& u, int64_t row,
+                                            int64_t col) {
+  if constexpr (std::is_same<V, float>::value || std::is_same<V, double>::value) {
+    *dst = x;
+  } else if constexpr (std::is_same<V, __half>::value) {
+    *dst = __float2half_rn(x);
+  } else {
+    if (u.stochastic_rounding) {
+      *reinterpret_cast<uint16_t*>(dst) = bf16_bits_stochastic(x, sr_bits(u.seed, u.step, row, col));
+    } else {
+      *dst = __float2bfloat16_rn(x);
+    }
+  }
+}
+
+template <class A>
+__device__ __forceinline__ A warp_sum(A x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFull, x, o);
+  return x;
+}
+
+template <class V>
+__global__ void row_update_kernel(mk_sparse_row_update_args a, RowUpdateConsts c) {
+  using A = typename Acc<V>::type;
+  const mk_row_update& u = a.update;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  const int64_t D = a.dim;
+  V* table = static_cast<V*>(a.table);
+  const A* grads = static_cast<const A*>(a.grads);
+  A* s1 = static_cast<A*>(u.state1);
+  A* s2 = static_cast<A*>(u.state2);
+  for (int64_t i = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; i < a.num_updates;
+       i += warps) {
+    const int64_t r = a.rows[i];
+    if (r < 0 || r >= a.num_rows) continue;
+    const A* g = grads + i * D;
+    A scale = A(1);
+    if (u.max_row_norm > 0) {
+      A sq = A(0);
+      for (int64_t d = lane; d < D; d += 32) sq += g[d] * g[d];
+      const A norm = ru_sqrt(warp_sum(sq));
+      if (norm > A(u.max_row_norm)) scale = A(u.max_row_norm) / norm;
+    }
+    A denom = A(1);
+    if (u.kind == MK_OPT_ADAGRAD_ROWWISE) {
+      A sq = A(0);
+      for (int64_t d = lane; d < D; d += 32) sq += (scale * g[d]) * (scale * g[d]);
+      const A acc = s1[r] + warp_sum(sq) / A(D);
+      __syncwarp();
+      if (lane == 0) s1[r] = acc;
+      denom = ru_sqrt(acc) + A(u.eps);
+    }
+    V* w = table + r * a.table_row_stride;
+    for (int64_t d = lane; d < D; d += 32) {
+      A m = A(0), v = A(0);
+      if (u.kind == MK_OPT_ADAM) {
+        m = s1[r * D + d];
+        v = s2[r * D + d];
+      }
+      const A nw = row_update_element(c, to_acc(w[d]), scale * g[d], &m, &v, denom);
+      if (u.kind == MK_OPT_ADAM) {
+        s1[r * D + d] = m;
+        s2[r * D + d] = v;
+      }
+      store_value<V, A>(w + d, nw, u, r, d);
+    }
+  }
+}
+
+}  // namespace
+
+mk_status row_update_cuda(const mk_sparse_row_update_args& a, void* stream) {
+  if (a.num_updates == 0) return MK_OK;
+  const RowUpdateConsts c = row_update_consts(a.update);
+  int dev = 0, sms = 132;
+  if (cudaGetDevice(&dev) == cudaSuccess)
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int64_t want = (a.num_updates + 3) / 4;
+  const unsigned blocks = unsigned(want < int64_t(sms) * 16 ? want : int64_t(sms) * 16);
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (a.value_dtype) {
+    case MK_F32: row_update_kernel<float><<<blocks, 128, 0, s>>>(a, c); break;
+    case MK_F64: row_update_kernel<double><<<blocks, 128, 0, s>>>(a, c); break;
+    case MK_F16: row_update_kernel<__half><<<blocks, 128, 0, s>>>(a, c); break;
+    case MK_BF16: row_update_kernel<__nv_bfloat16><<<blocks, 128, 0, s>>>(a, c); break;
+    default: return MK_ERR_UNSUPPORTED;
+  }
+  return cudaGetLastError() == cudaSuccess ? MK_OK : MK_ERR_CUDA;
+}
+
+}  // namespace mk

@@ -1,0 +1,166 @@
+"""Row-sparse optimizers for memory value tables.
+
+A step touches only the rows the batch read: the update kernels read the
+distinct rows and their fp32 gradients and update those rows of the table in
+place (``torch.ops.memkernels.sparse_row_update``). Untouched rows, and their
+optimizer state, are left bit-for-bit unchanged; no table-sized gradient or
+temporary is made per step.
+
+Two ways to use it:
+
+1. With ``sparse=True`` layers the table's gradient is a sparse COO tensor of
+   the touched rows; :meth:`SparseRowOptimizer.step` applies it.
+2. Fused: :meth:`SparseRowOptimizer.fuse` (or
+   ``ProductKeyMemory.fuse_value_updates``) makes the embedding bag's backward
+   apply the update itself, so the gradient is never handed to autograd. The
+   table's ``.grad`` stays ``None`` and ``step()`` has nothing to do for it.
+   One update per backward: no gradient accumulation across backwards, and a
+   value pool shared by several layers is updated once per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["SparseRowOptimizer"]
+
+_ALGORITHMS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "adagrad_rowwise": "adagrad_rowwise"}
+_FUSED_ATTR = "_memkernels_fused_optimizer"
+
+
+class SparseRowOptimizer(torch.optim.Optimizer):
+    """Row-sparse SGD, Adam/AdamW or row-wise Adagrad for value tables.
+
+    Args:
+        params: value tables (``[N, D]`` float32, bfloat16, float16 or float64
+            parameters) or parameter groups.
+        algorithm: ``"sgd"``; ``"adam"`` / ``"adamw"`` (``torch.optim.SparseAdam``
+            semantics on the touched rows, with a global step count for bias
+            correction, plus ``weight_decay`` decoupled as in AdamW and applied
+            only to touched rows); ``"adagrad_rowwise"`` (one accumulator per
+            row: ``G += mean(g**2)``, ``w -= lr * g / (sqrt(G) + eps)``).
+        lr, betas, eps, weight_decay: as in PyTorch's optimizers.
+        max_row_norm: if > 0, each touched row's gradient is scaled to an L2
+            norm of at most this value before the update (row-wise clipping).
+        stochastic_rounding: for bfloat16 tables, round each new value
+            stochastically; the random bits depend only on
+            ``(seed, step, row, column)``, so runs are reproducible.
+        seed: the stochastic-rounding seed.
+
+    Optimizer state is fp32 (fp64 for fp64 tables): ``exp_avg`` and
+    ``exp_avg_sq`` ``[N, D]`` for Adam, ``sum`` ``[N]`` for row-wise Adagrad,
+    allocated on the first step. ``state_dict``/``load_state_dict``, param
+    groups and learning-rate schedulers work as for any ``torch.optim``
+    optimizer.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        algorithm: str = "adam",
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        max_row_norm: float = 0.0,
+        stochastic_rounding: bool = False,
+        seed: int = 0,
+    ):
+        if algorithm not in _ALGORITHMS:
+            raise ValueError(f"SparseRowOptimizer: algorithm must be one of {sorted(_ALGORITHMS)}; got {algorithm!r}")
+        if lr < 0 or eps < 0 or weight_decay < 0 or max_row_norm < 0:
+            raise ValueError("SparseRowOptimizer: lr, eps, weight_decay and max_row_norm must be >= 0")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"SparseRowOptimizer: betas must be in [0, 1); got {betas}")
+        defaults = dict(algorithm=algorithm, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        max_row_norm=max_row_norm, stochastic_rounding=stochastic_rounding, seed=seed)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"SparseRowOptimizer: parameters must be 2-D tables; got shape {tuple(p.shape)}")
+
+    # ---- state -----------------------------------------------------------------------
+
+    def _state(self, p: Tensor, group: dict) -> dict:
+        state = self.state[p]
+        if not state:
+            acc = torch.float64 if p.dtype == torch.float64 else torch.float32
+            state["step"] = 0
+            kind = _ALGORITHMS[group["algorithm"]]
+            if kind == "adam":
+                state["exp_avg"] = torch.zeros(p.shape, dtype=acc, device=p.device)
+                state["exp_avg_sq"] = torch.zeros(p.shape, dtype=acc, device=p.device)
+            elif kind == "adagrad_rowwise":
+                state["sum"] = torch.zeros(p.shape[0], dtype=acc, device=p.device)
+        return state
+
+    def _update_args(self, p: Tensor, group: dict):
+        state = self._state(p, group)
+        state["step"] += 1
+        kind = _ALGORITHMS[group["algorithm"]]
+        s1 = state.get("exp_avg", state.get("sum"))
+        s2 = state.get("exp_avg_sq")
+        beta1, beta2 = group["betas"]
+        hyper = [float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+                 float(group["weight_decay"]), float(group["max_row_norm"])]
+        return s1, s2, kind, hyper, int(state["step"]), bool(group["stochastic_rounding"]), int(group["seed"])
+
+    def _group_of(self, p: Tensor) -> dict:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise ValueError("SparseRowOptimizer: this tensor is not one of the optimizer's parameters")
+
+    # ---- the two paths ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Applies the sparse gradients of the parameters that have one."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError(
+                        "SparseRowOptimizer: the gradient of a value table must be sparse "
+                        "(use sparse=True in the layer, or the fused path); got a dense gradient"
+                    )
+                g = p.grad.coalesce()
+                rows, vals = g.indices()[0], g.values()
+                if rows.numel() == 0:
+                    continue
+                s1, s2, kind, hyper, step, sr, seed = self._update_args(p, group)
+                torch.ops.memkernels.sparse_row_update.default(p, rows, vals, s1, s2, kind, hyper, step, sr, seed)
+        return loss
+
+    def fuse(self, *tables: Tensor) -> None:
+        """Makes the embedding-bag backward of these tables apply this
+        optimizer's update directly (see the module docstring)."""
+        for t in tables:
+            self._group_of(t)
+            setattr(t, _FUSED_ATTR, self)
+
+    def unfuse(self, *tables: Tensor) -> None:
+        for t in tables:
+            if getattr(t, _FUSED_ATTR, None) is self:
+                delattr(t, _FUSED_ATTR)
+
+    @torch.no_grad()
+    def fused_backward(self, values: Tensor, grad_out: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
+        """The embedding-bag backward fused with this optimizer's update of
+        ``values``; returns the weights' gradient."""
+        s1, s2, kind, hyper, step, sr, seed = self._update_args(values, self._group_of(values))
+        return torch.ops.memkernels.embedding_bag_backward_update.default(
+            grad_out, values, indices, weights, s1, s2, kind, hyper, step, sr, seed)
+
+
+def fused_optimizer(values: Tensor) -> Optional[SparseRowOptimizer]:
+    return getattr(values, _FUSED_ATTR, None)

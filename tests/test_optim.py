@@ -1,0 +1,269 @@
+"""memkernels.optim.SparseRowOptimizer and the row-sparse update kernels:
+equivalence with PyTorch's optimizers on the touched rows, untouched rows
+unchanged, state_dict, determinism, bf16 tables with stochastic rounding, the
+fused backward path, and no table-sized allocation in a training step."""
+
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import memkernels
+from memkernels.nn import ProductKeyMemory, param_groups
+from memkernels.optim import SparseRowOptimizer
+
+N, D = 64, 12
+
+
+def batches(device, steps=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        idx = torch.randint(0, 24, (10, 3), generator=g).to(device)  # rows >= 24 never touched
+        w = torch.rand(10, 3, generator=g).to(device)
+        target = torch.randn(10, D, generator=g).to(device)
+        out.append((idx, w, target))
+    return out
+
+
+def train(table, opt, data, sparse=True):
+    for idx, w, target in data:
+        out = memkernels.embedding_bag(table, idx, w, sparse=sparse)
+        (out - target).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def fresh(device, dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.Parameter(torch.randn(N, D, generator=g).to(device=device, dtype=dtype))
+
+
+def test_sgd_matches_torch(device):
+    a, b = fresh(device), fresh(device)
+    data = batches(device)
+    train(a, SparseRowOptimizer([a], "sgd", lr=0.05), data)
+    train(b, torch.optim.SGD([b], lr=0.05), data)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_adam_matches_sparse_adam(device):
+    a, b = fresh(device), fresh(device)
+    data = batches(device, steps=6)
+    train(a, SparseRowOptimizer([a], "adam", lr=0.05, betas=(0.8, 0.95), eps=1e-6), data)
+    train(b, torch.optim.SparseAdam([b], lr=0.05, betas=(0.8, 0.95), eps=1e-6), data)
+    torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
+
+
+def _reference_step(table, rows, g, state, algorithm, lr, betas, eps, wd, max_row_norm):
+    """Written reference of one row-sparse step (fp64)."""
+    t = table.double()
+    g = g.double()
+    if max_row_norm > 0:
+        norm = g.norm(dim=1, keepdim=True)
+        g = g * torch.where(norm > max_row_norm, max_row_norm / norm, torch.ones_like(norm))
+    w = t[rows] * (1 - lr * wd)
+    state["step"] += 1
+    if algorithm == "adamw":
+        m, v = state["m"], state["v"]
+        m[rows] += (1 - betas[0]) * (g - m[rows])
+        v[rows] += (1 - betas[1]) * (g * g - v[rows])
+        step_size = lr * math.sqrt(1 - betas[1] ** state["step"]) / (1 - betas[0] ** state["step"])
+        w = w - step_size * m[rows] / (v[rows].sqrt() + eps)
+    else:  # adagrad_rowwise
+        s = state["sum"]
+        s[rows] += (g * g).mean(dim=1)
+        w = w - lr * g / (s[rows].sqrt() + eps).unsqueeze(1)
+    t[rows] = w
+    return t
+
+
+@pytest.mark.parametrize("algorithm", ["adamw", "adagrad_rowwise"])
+@pytest.mark.parametrize("max_row_norm", [0.0, 0.5])
+def test_against_written_reference(device, algorithm, max_row_norm):
+    table = fresh(device)
+    opt = SparseRowOptimizer([table], algorithm, lr=0.05, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1,
+                             max_row_norm=max_row_norm)
+    ref = table.detach().double().cpu()
+    state = {"step": 0, "m": torch.zeros(N, D, dtype=torch.float64), "v": torch.zeros(N, D, dtype=torch.float64),
+             "sum": torch.zeros(N, dtype=torch.float64)}
+    for idx, w, target in batches(device, steps=5):
+        out = memkernels.embedding_bag(table, idx, w, sparse=True)
+        (out - target).square().sum().backward()
+        grad = table.grad.coalesce()
+        rows, g = grad.indices()[0].cpu(), grad.values().cpu()
+        ref = _reference_step(ref, rows, g, state, algorithm, 0.05, (0.9, 0.99), 1e-5, 0.1, max_row_norm)
+        opt.step()
+        opt.zero_grad()
+        torch.testing.assert_close(table.detach().double().cpu(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["sgd", "adam", "adagrad_rowwise"])
+def test_untouched_rows_and_state_unchanged(device, algorithm):
+    table = fresh(device)
+    before = table.detach().clone()
+    opt = SparseRowOptimizer([table], algorithm, lr=0.1, weight_decay=0.5)
+    train(table, opt, batches(device))
+    assert torch.equal(table.detach()[24:], before[24:])  # bit for bit
+    assert not torch.equal(table.detach()[:24], before[:24])
+    for key, st in opt.state[table].items():
+        if torch.is_tensor(st):
+            assert (st[24:] == 0).all(), key
+
+
+def test_state_dict_round_trip(device):
+    data = batches(device, steps=6)
+    a = fresh(device)
+    opt_a = SparseRowOptimizer([a], "adam", lr=0.05, weight_decay=0.01)
+    train(a, opt_a, data)  # uninterrupted
+    b = fresh(device)
+    opt_b = SparseRowOptimizer([b], "adam", lr=0.05, weight_decay=0.01)
+    train(b, opt_b, data[:3])
+    saved_table, saved_state = b.detach().clone(), opt_b.state_dict()
+    c = torch.nn.Parameter(saved_table)
+    opt_c = SparseRowOptimizer([c], "adam", lr=0.05, weight_decay=0.01)
+    opt_c.load_state_dict(saved_state)
+    train(c, opt_c, data[3:])
+    assert torch.equal(a, c)
+
+
+def test_lr_scheduler_and_groups(device):
+    a, b = fresh(device), fresh(device, seed=2)
+    opt = SparseRowOptimizer([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.0}], "sgd")
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    b0 = b.detach().clone()
+    for idx, w, target in batches(device, steps=2):
+        loss = (memkernels.embedding_bag(a, idx, w, sparse=True) - target).square().sum()
+        loss = loss + memkernels.embedding_bag(b, idx, w, sparse=True).sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert torch.equal(b.detach(), b0)  # lr 0: unchanged
+
+
+def test_deterministic_including_stochastic_rounding(device):
+    def run():
+        t = fresh(device, torch.bfloat16)
+        train(t, SparseRowOptimizer([t], "adam", lr=0.01, stochastic_rounding=True, seed=7), batches(device))
+        return t.detach()
+
+    assert torch.equal(run(), run())
+
+
+def test_bf16_tables_round_to_nearest_without_sr(device):
+    t = fresh(device, torch.bfloat16)
+    rows = torch.tensor([1, 5], device=device)
+    g = torch.randn(2, D, device=device)
+    expected = t.detach().clone()
+    expected[rows] = (t.detach()[rows].float() - 0.01 * g).to(torch.bfloat16)
+    torch.ops.memkernels.sparse_row_update(t.data, rows, g, None, None, "sgd", [0.01, 0.9, 0.999, 1e-8, 0, 0], 1,
+                                           False, 0)
+    assert torch.equal(t.detach(), expected)
+
+
+def test_bf16_stochastic_rounding_is_unbiased_and_seeded(device):
+    width = 4096
+    table = torch.ones(2, width, device=device, dtype=torch.bfloat16)
+    # 1 - lr * g lands 30 % of the way from one bf16 value to the next.
+    lo = torch.tensor(1.0, dtype=torch.bfloat16)
+    step = 2.0**-7  # bf16 spacing just below 1.0 is 2**-8; just above, 2**-7
+    g = torch.full((2, width), -0.3 * step / 0.01, device=device)  # w - lr*g = 1 + 0.3 * step
+    rows = torch.tensor([0, 1], device=device)
+    hyper = [0.01, 0.9, 0.999, 1e-8, 0.0, 0.0]
+    t1, t2 = table.clone(), table.clone()
+    torch.ops.memkernels.sparse_row_update(t1, rows, g, None, None, "sgd", hyper, 1, True, 123)
+    torch.ops.memkernels.sparse_row_update(t2, rows, g, None, None, "sgd", hyper, 1, True, 123)
+    assert torch.equal(t1, t2)
+    vals = set(t1.float().unique().tolist())
+    assert vals <= {1.0, 1.0 + step} and len(vals) == 2
+    frac_up = (t1.float() > 1.0).float().mean().item()
+    assert abs(frac_up - 0.3) < 0.03
+    t3 = table.clone()
+    torch.ops.memkernels.sparse_row_update(t3, rows, g, None, None, "sgd", hyper, 1, True, 124)
+    assert not torch.equal(t1, t3)
+    assert lo.item() == 1.0
+
+
+# ---- the fused path --------------------------------------------------------------------
+
+
+def test_fused_backward_equals_unfused(device):
+    data = batches(device, steps=5)
+    a, b = fresh(device), fresh(device)
+    opt_a = SparseRowOptimizer([a], "adam", lr=0.05, weight_decay=0.01)
+    opt_b = SparseRowOptimizer([b], "adam", lr=0.05, weight_decay=0.01)
+    opt_a.fuse(a)
+    for idx, w, target in data:
+        wa, wb = w.clone().requires_grad_(), w.clone().requires_grad_()
+        (memkernels.embedding_bag(a, idx, wa) - target).square().sum().backward()
+        opt_a.step()
+        (memkernels.embedding_bag(b, idx, wb, sparse=True) - target).square().sum().backward()
+        opt_b.step()
+        opt_b.zero_grad()
+        assert a.grad is None
+        assert torch.equal(wa.grad, wb.grad)
+    assert torch.equal(a, b)
+
+
+def test_layer_fused_training_step(device):
+    torch.manual_seed(0)
+    layer = ProductKeyMemory(32, n_keys=16, heads=2, knn=4, k_dim=16, device=device)
+    twin = ProductKeyMemory(32, n_keys=16, heads=2, knn=4, k_dim=16, sparse=True, device=device)
+    twin.load_state_dict(layer.state_dict())
+    opts = []
+    for m, fused in ((layer, True), (twin, False)):
+        dense, values = param_groups(m, lr=1e-2)
+        opt_dense = torch.optim.Adam([dense])
+        opt_values = SparseRowOptimizer(values["params"], "adam", lr=values["lr"])
+        if fused:
+            m.fuse_value_updates(opt_values)
+        opts.append((opt_dense, opt_values))
+    x = torch.randn(20, 32, device=device)
+    for _ in range(3):
+        for m, (opt_dense, opt_values) in zip((layer, twin), opts):
+            m(x).square().mean().backward()
+            opt_dense.step()
+            opt_values.step()
+            opt_dense.zero_grad()
+            opt_values.zero_grad()
+    assert layer.values.weight.grad is None
+    for (n, p), (_, q) in zip(layer.named_parameters(), twin.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+class _AllocationLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:  # dense storage only
+                self.shapes.append((str(func), tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_step_allocates_nothing_table_sized(device, fused):
+    n_keys, dim = 64, 16
+    layer = ProductKeyMemory(dim, n_keys=n_keys, heads=2, knn=4, k_dim=8, sparse=not fused, device=device)
+    dense, values = param_groups(layer, lr=1e-3)
+    opt_dense = torch.optim.Adam([dense])
+    opt_values = SparseRowOptimizer(values["params"], "adam", lr=1e-3)
+    if fused:
+        layer.fuse_value_updates(opt_values)
+    x = torch.randn(8, dim, device=device)
+    for step in range(2):  # the first step allocates the optimizer state (once)
+        log = _AllocationLog()
+        with log:
+            layer(x).square().mean().backward()
+            opt_dense.step()
+            opt_values.step()
+            opt_dense.zero_grad()
+            opt_values.zero_grad()
+    big = [(f, s) for f, s in log.shapes if s and s[0] >= n_keys**2]
+    assert not big, big
