@@ -7,65 +7,27 @@
 //           once per chunk, every pair's weight gradient <grad_out[t], V[r]>;
 //           split (hot) segments leave partial rows that a second kernel adds
 //           in chunk order. No atomics: every output element has one writer.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstring>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_run_length_encode.cuh>
 #include <cub/device/device_scan.cuh>
 #include <type_traits>
 
+#include "cuda_common.cuh"
 #include "embedding_bag.h"
-
-#define MK_CUDA_TRY(expr)                          \
-  do {                                             \
-    if ((expr) != cudaSuccess) return MK_ERR_CUDA; \
-  } while (0)
-#define MK_LAUNCH_CHECK() MK_CUDA_TRY(cudaGetLastError())
 
 namespace mk {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpsPerBlock = 4;
 constexpr int kBlockThreads = 32 * kWarpsPerBlock;
 
-// ---- element types --------------------------------------------------------
-
-template <class V>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <class V>
-__device__ __forceinline__ V from_acc(typename Acc<V>::type x);
-template <>
-__device__ __forceinline__ float from_acc<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ double from_acc<double>(double x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+using cuda::Acc;
+using cuda::from_acc;
+using cuda::kFullMask;
+using cuda::sm_count;
+using cuda::to_acc;
+using cuda::warp_sum;
 
 // VEC consecutive elements: one 16-byte access when VEC * sizeof(V) == 16
 // (the caller guarantees alignment), else VEC scalar accesses.
@@ -96,20 +58,6 @@ __device__ __forceinline__ void store_vec(V* __restrict__ p, const A (&in)[VEC])
 #pragma unroll
     for (int e = 0; e < VEC; ++e) p[e] = from_acc<V>(in[e]);
   }
-}
-
-template <class A>
-__device__ __forceinline__ A warp_sum(A x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
-  return x;
-}
-
-int sm_count() {
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 132;
-  return sms;
 }
 
 // Blocks for a grid-stride warp loop over `work` warp items: at most one
@@ -593,17 +541,6 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
 }
 
 template <class F>
-mk_status dispatch_value(mk_dtype t, F&& f) {
-  switch (t) {
-    case MK_F32: return f(float{});
-    case MK_F64: return f(double{});
-    case MK_F16: return f(__half{});
-    case MK_BF16: return f(__nv_bfloat16{});
-  }
-  return MK_ERR_UNSUPPORTED;
-}
-
-template <class F>
 mk_status dispatch_index(mk_index_dtype t, F&& f) {
   switch (t) {
     case MK_I32: return f(int32_t{});
@@ -616,7 +553,7 @@ mk_status dispatch_index(mk_index_dtype t, F&& f) {
 
 mk_status eb_forward_cuda(const mk_embedding_bag_fwd_args& a, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  return dispatch_value(a.value_dtype, [&](auto v) {
+  return cuda::dispatch_value(a.value_dtype, [&](auto v) {
     using V = decltype(v);
     return dispatch_index(a.index_dtype, [&](auto i) { return forward<V, decltype(i)>(a, s); });
   });
@@ -650,7 +587,7 @@ mk_status eb_backward_count_cuda(const char* ws, const EbWorkspaceLayout& l, voi
 mk_status eb_backward_reduce_cuda(const mk_embedding_bag_bwd_args& a, char* ws,
                                   const EbWorkspaceLayout& l, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  return dispatch_value(a.value_dtype, [&](auto v) {
+  return cuda::dispatch_value(a.value_dtype, [&](auto v) {
     using V = decltype(v);
     return dispatch_index(a.index_dtype, [&](auto i) { return reduce<V, decltype(i)>(a, ws, l, s); });
   });

@@ -4,23 +4,17 @@
 // gathered and bitonic-sorted in shared memory. Keys are distinct, so the
 // k-th largest key is unique and the result is deterministic. Stage 1 of
 // pk_topk (docs/pk_topk.md): the half-scores come from a library GEMM.
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
+#include "cuda_common.cuh"
 #include "pk_topk.h"
 #include "topk_keys.h"
-
-#define MK_CUDA_TRY(expr)                          \
-  do {                                             \
-    if ((expr) != cudaSuccess) return MK_ERR_CUDA; \
-  } while (0)
 
 namespace mk {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr unsigned kFullMask = 0xffffffffu;
+using cuda::kFullMask;
 
 struct SelectShared {
   uint32_t hist[256];
@@ -154,7 +148,7 @@ mk_status pk_select_cuda(const mk_pk_select_args& a, void* stream) {
   if (blocks == 0) return MK_OK;
   if (blocks > int64_t(INT32_MAX)) return MK_ERR_INVALID_ARGUMENT;
   pk_select_kernel<<<unsigned(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a);
-  MK_CUDA_TRY(cudaGetLastError());
+  MK_LAUNCH_CHECK();
   return MK_OK;
 }
 

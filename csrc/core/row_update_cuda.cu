@@ -1,33 +1,18 @@
 // CUDA row-sparse optimizer updates (mk_sparse_row_update): a warp per
 // touched row (grid-stride). Row norms and Adagrad's row mean are warp
 // reductions in a fixed butterfly order; each element has one writer.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <type_traits>
 
+#include "cuda_common.cuh"
 #include "row_update.h"
 #include "row_update_internal.h"
 
 namespace mk {
 namespace {
 
-constexpr unsigned kFull = 0xffffffffu;
-
-template <class V>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+using cuda::Acc;
+using cuda::to_acc;
+using cuda::warp_sum;
 
 template <class V, class A>
 __device__ __forceinline__ void store_value(V* dst, A x, const mk_row_update& u, int64_t row,
@@ -43,13 +28,6 @@ __device__ __forceinline__ void store_value(V* dst, A x, const mk_row_update& u,
       *dst = __float2bfloat16_rn(x);
     }
   }
-}
-
-template <class A>
-__device__ __forceinline__ A warp_sum(A x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFull, x, o);
-  return x;
 }
 
 template <class V>
@@ -106,20 +84,15 @@ __global__ void row_update_kernel(mk_sparse_row_update_args a, RowUpdateConsts c
 mk_status row_update_cuda(const mk_sparse_row_update_args& a, void* stream) {
   if (a.num_updates == 0) return MK_OK;
   const RowUpdateConsts c = row_update_consts(a.update);
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) == cudaSuccess)
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int64_t sms = cuda::sm_count();
   const int64_t want = (a.num_updates + 3) / 4;
-  const unsigned blocks = unsigned(want < int64_t(sms) * 16 ? want : int64_t(sms) * 16);
+  const unsigned blocks = unsigned(want < sms * 16 ? want : sms * 16);
   auto s = static_cast<cudaStream_t>(stream);
-  switch (a.value_dtype) {
-    case MK_F32: row_update_kernel<float><<<blocks, 128, 0, s>>>(a, c); break;
-    case MK_F64: row_update_kernel<double><<<blocks, 128, 0, s>>>(a, c); break;
-    case MK_F16: row_update_kernel<__half><<<blocks, 128, 0, s>>>(a, c); break;
-    case MK_BF16: row_update_kernel<__nv_bfloat16><<<blocks, 128, 0, s>>>(a, c); break;
-    default: return MK_ERR_UNSUPPORTED;
-  }
-  return cudaGetLastError() == cudaSuccess ? MK_OK : MK_ERR_CUDA;
+  return cuda::dispatch_value(a.value_dtype, [&](auto v) {
+    row_update_kernel<decltype(v)><<<blocks, 128, 0, s>>>(a, c);
+    MK_LAUNCH_CHECK();
+    return MK_OK;
+  });
 }
 
 }  // namespace mk
