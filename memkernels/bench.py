@@ -268,13 +268,13 @@ class Row:
 def _inputs(case: EBCase, device, sets: int):
     dtype = getattr(torch, case.dtype)
     idt = getattr(torch, case.index_dtype)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    values = torch.randn(case.N, case.D, generator=g).to(device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(0)
+    values = torch.randn(case.N, case.D, generator=g, device=device, dtype=dtype)
     batches = []
     for _ in range(sets):
-        idx = torch.randint(0, case.N, (case.T, case.B), generator=g).to(device=device, dtype=idt)
-        w = torch.randn(case.T, case.B, generator=g).to(device)
-        gout = torch.randn(case.T, case.D, generator=g).to(device=device, dtype=dtype)
+        idx = torch.randint(0, case.N, (case.T, case.B), generator=g, device=device).to(idt)
+        w = torch.randn(case.T, case.B, generator=g, device=device)
+        gout = torch.randn(case.T, case.D, generator=g, device=device, dtype=dtype)
         batches.append((idx, w, gout))
     return values, batches
 
@@ -428,12 +428,12 @@ def bench_update(case: UpdateCase, device: torch.device, ceilings, reps: int) ->
     from .optim import SparseRowOptimizer
 
     dtype = getattr(torch, case.dtype)
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     data = []
     for _ in range(3):
-        idx = torch.randint(0, case.N, (case.T, case.B), generator=g).to(device)
-        w = torch.rand(case.T, case.B, generator=g).to(device)
-        gout = torch.randn(case.T, case.D, generator=g).to(device=device, dtype=dtype)
+        idx = torch.randint(0, case.N, (case.T, case.B), generator=g, device=device)
+        w = torch.rand(case.T, case.B, generator=g, device=device)
+        gout = torch.randn(case.T, case.D, generator=g, device=device, dtype=dtype)
         data.append((idx, w, gout))
     unique = int(statistics.mean(torch.unique(b[0]).numel() for b in data))
     elt = torch.empty((), dtype=dtype).element_size()
@@ -443,7 +443,7 @@ def bench_update(case: UpdateCase, device: torch.device, ceilings, reps: int) ->
     nbytes = base + unique * case.D * 2 * (elt + 8)
 
     def setup(impl):
-        table = torch.nn.Parameter(torch.randn(case.N, case.D, generator=g).to(device=device, dtype=dtype))
+        table = torch.nn.Parameter(torch.randn(case.N, case.D, generator=g, device=device, dtype=dtype))
         if impl == "memkernels_fused":
             opt = SparseRowOptimizer([table], "adam", lr=1e-3)
             opt.fuse(table)
@@ -500,10 +500,10 @@ def _product_key_memory_layer(case: LayerCase, device, dtype):
 def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int,
                   parts=("forward", "forward+backward")) -> List[Row]:
     dtype = getattr(torch, case.dtype)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    queries = [torch.randn(case.T, case.H, case.Dk, generator=g).to(device=device, dtype=dtype) for _ in range(3)]
-    keys = torch.randn(case.H, 2, case.n_keys, case.Dk // 2, generator=g).to(device=device, dtype=dtype)
-    grads = [torch.randn(case.T, case.H, case.k, generator=g).to(device) for _ in range(3)]
+    g = torch.Generator(device=device).manual_seed(0)
+    queries = [torch.randn(case.T, case.H, case.Dk, generator=g, device=device, dtype=dtype) for _ in range(3)]
+    keys = torch.randn(case.H, 2, case.n_keys, case.Dk // 2, generator=g, device=device, dtype=dtype)
+    grads = [torch.randn(case.T, case.H, case.k, generator=g, device=device) for _ in range(3)]
     elt = keys.element_size()
     impls = {"memkernels": memkernels.pk_topk, "composite": reference.pk_topk}
     rows: List[Row] = []
