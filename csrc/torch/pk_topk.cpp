@@ -1,8 +1,8 @@
 // Torch glue for product-key top-k scoring.
 //
 // Forward (stage 1, docs/pk_topk.md): the half-scores [H, T, n_keys] come from
-// a library GEMM in fp32 (fp64 for fp64 inputs); the core's selection kernel
-// does both half top-ks and the k x k candidate top-k.
+// a library GEMM with fp32 output (fp64 for fp64 inputs); the core's selection
+// kernel does both half top-ks and the k x k candidate top-k.
 //
 // Backward: through the selected pairs only, on the embedding-bag machinery.
 // With the key halves as one table of H * 2 * n_keys rows of Dk/2, each
@@ -13,6 +13,7 @@
 #include "pk_topk.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "../core/pk_topk.h"
@@ -50,6 +51,20 @@ at::ScalarType compute_dtype(const at::Tensor& query) {
   return query.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Batched half-scores a[H, T, half] @ b[H, half, n] in fp32 (fp64 for fp64).
+// 16-bit CUDA inputs go through aten::bmm.dtype (tensor cores, fp32 output)
+// where this torch has it; otherwise the inputs are upcast first.
+at::Tensor half_scores(const at::Tensor& a, const at::Tensor& b, at::ScalarType comp) {
+  const bool half_precision = a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16;
+  if (a.is_cuda() && half_precision) {
+    static const auto bmm_dtype = c10::Dispatcher::singleton().findSchema({"aten::bmm", "dtype"});
+    if (bmm_dtype.has_value())
+      return bmm_dtype->typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ScalarType)>().call(
+          a, b, at::kFloat);
+  }
+  return at::matmul(a.to(comp), b.to(comp));
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> pk_topk_forward(const at::Tensor& query, const at::Tensor& keys,
@@ -67,10 +82,9 @@ std::tuple<at::Tensor, at::Tensor> pk_topk_forward(const at::Tensor& query, cons
   if (T == 0 || H == 0) return {scores.to(comp), indices};
 
   // Half-scores, head-major: [H, T, n].
-  const at::Tensor q = query.to(comp).transpose(0, 1);
-  const at::Tensor K = keys.to(comp);
-  const at::Tensor s1 = at::matmul(q.narrow(2, 0, half), K.select(1, 0).transpose(1, 2));
-  const at::Tensor s2 = at::matmul(q.narrow(2, half, half), K.select(1, 1).transpose(1, 2));
+  const at::Tensor q = query.transpose(0, 1);
+  const at::Tensor s1 = half_scores(q.narrow(2, 0, half), keys.select(1, 0).transpose(1, 2), comp);
+  const at::Tensor s2 = half_scores(q.narrow(2, half, half), keys.select(1, 1).transpose(1, 2), comp);
   const at::Tensor s1f = s1.to(at::kFloat).contiguous();
   const at::Tensor s2f = s2.to(at::kFloat).contiguous();
 
