@@ -99,6 +99,7 @@ def extension():
     kwargs["sources"] = core + glue + [
         "csrc/core/embedding_bag_cuda.cu",
         "csrc/core/pk_topk_cuda.cu",
+        "csrc/core/pk_topk_fused_cuda.cu",
         "csrc/core/row_update_cuda.cu",
         "csrc/torch/embedding_bag_cuda.cpp",
         "csrc/torch/pk_topk_cuda.cpp",

@@ -506,6 +506,8 @@ def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int,
     grads = [torch.randn(case.T, case.H, case.k, generator=g, device=device) for _ in range(3)]
     elt = keys.element_size()
     impls = {"memkernels": memkernels.pk_topk, "composite": reference.pk_topk}
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and case.k <= 128:
+        impls["memkernels_fused"] = lambda q, kk, k: memkernels.pk_topk(q, kk, k, impl="fused")
     rows: List[Row] = []
     for impl, fn in impls.items():
         for part, backward in (("forward", False), ("forward+backward", True)):

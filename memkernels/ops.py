@@ -142,7 +142,7 @@ def _embedding_bag_backward_update_fake(grad_out, values, indices, weights, stat
 # ---- product-key top-k -------------------------------------------------------------
 
 
-def pk_topk(query: Tensor, keys: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+def pk_topk(query: Tensor, keys: Tensor, k: int, *, impl: str = "auto") -> Tuple[Tensor, Tensor]:
     """Product-key top-k scoring.
 
     For each token ``t`` and head ``h``: half-scores
@@ -155,6 +155,10 @@ def pk_topk(query: Tensor, keys: Tensor, k: int) -> Tuple[Tensor, Tensor]:
         keys: ``[H, 2, n_keys, Dk/2]``, the query's dtype and device;
             ``n_keys <= 65535``.
         k: ``1 <= k <= n_keys`` (at most 1024 on CUDA).
+        impl: ``"auto"`` (currently ``"staged"``), ``"staged"`` (library GEMM
+            for the half-scores, then the selection kernel) or ``"fused"``
+            (one CUDA kernel, tensor-core half-scores never written to memory;
+            float16/bfloat16 inputs, ``k <= 128``; not yet measured on a GPU).
 
     Returns:
         ``(scores, indices)``: ``scores[T, H, k]`` float32 (float64 for float64
@@ -170,7 +174,7 @@ def pk_topk(query: Tensor, keys: Tensor, k: int) -> Tuple[Tensor, Tensor]:
         RuntimeError: odd ``Dk``, ``k`` outside ``[1, n_keys]``, or a shape,
             dtype or device mismatch between ``query`` and ``keys``.
     """
-    return torch.ops.memkernels.pk_topk.default(query, keys, k)
+    return torch.ops.memkernels.pk_topk.default(query, keys, k, impl)
 
 
 def _check_pk(op: str, query: Tensor, keys: Tensor) -> None:
@@ -180,7 +184,7 @@ def _check_pk(op: str, query: Tensor, keys: Tensor) -> None:
 
 
 @torch.library.register_fake("memkernels::pk_topk")
-def _pk_topk_fake(query, keys, k):
+def _pk_topk_fake(query, keys, k, impl="auto"):
     _check_pk("memkernels.pk_topk", query, keys)
     torch._check(1 <= k, lambda: f"memkernels.pk_topk: k must be at least 1; got {k}")
     dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
@@ -195,7 +199,7 @@ def _pk_topk_backward_fake(grad_scores, query, keys, indices):
 
 
 def _pk_topk_setup_context(ctx, inputs, output):
-    query, keys, _k = inputs
+    query, keys, _k, _impl = inputs
     _scores, indices = output
     ctx.mark_non_differentiable(indices)
     ctx.save_for_backward(query, keys, indices)
@@ -205,7 +209,7 @@ def _pk_topk_backward(ctx, grad_scores: Tensor, _grad_indices) -> Tuple:
     query, keys, indices = ctx.saved_tensors
     grad_query, grad_keys = torch.ops.memkernels.pk_topk_backward.default(grad_scores, query, keys, indices)
     want_query, want_keys = ctx.needs_input_grad[:2]
-    return (grad_query if want_query else None, grad_keys if want_keys else None, None)
+    return (grad_query if want_query else None, grad_keys if want_keys else None, None, None)
 
 
 torch.library.register_autograd(

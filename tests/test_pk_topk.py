@@ -84,6 +84,40 @@ def test_large_k_and_n_keys(device):
     assert torch.equal(indices, ref_indices)
 
 
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.cuda
+@_CUDA
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("T,n,Dk,k", [(9, 37, 18, 1), (9, 37, 18, 5), (33, 37, 18, 37), (70, 64, 16, 8),
+                                      (5, 200, 130, 128), (64, 1000, 64, 32)])
+def test_fused_exact_against_brute_force(dtype, T, n, Dk, k):
+    query, keys = make("cuda", T, 3, n, Dk, dtype, integer=True)
+    scores, indices = memkernels.pk_topk(query, keys, k, impl="fused")
+    ref_scores, ref_indices = brute_force(query, keys, k)
+    assert torch.equal(indices.cpu(), ref_indices)
+    assert torch.equal(scores.cpu(), ref_scores)
+
+
+@pytest.mark.cuda
+@_CUDA
+def test_fused_matches_staged():
+    query, keys = make("cuda", 300, 4, 1024, 128, torch.bfloat16)
+    fused = memkernels.pk_topk(query, keys, 32, impl="fused")
+    staged = memkernels.pk_topk(query, keys, 32, impl="staged")
+    torch.testing.assert_close(fused[0], staged[0], atol=1e-4, rtol=1e-5)
+    assert (fused[1] == staged[1]).float().mean() > 0.999  # summation order may flip near-ties
+
+
+def test_fused_needs_cuda_and_16_bit_inputs(device):
+    query, keys = make(device, 4, 2, 10, 8)
+    with pytest.raises(RuntimeError, match=r"impl='fused' needs CUDA tensors, float16 or bfloat16 inputs and k <= 128"):
+        memkernels.pk_topk(query, keys, 3, impl="fused")
+    with pytest.raises(RuntimeError, match=r"impl must be 'auto', 'staged' or 'fused'; got 'magic'"):
+        memkernels.pk_topk(query, keys, 3, impl="magic")
+
+
 # ---- backward -----------------------------------------------------------------------
 
 

@@ -228,6 +228,22 @@ mk_status mk_sparse_row_update(const mk_sparse_row_update_args* args, mk_device 
   return MK_ERR_UNSUPPORTED;
 }
 
+mk_status mk_pk_topk_fused(const mk_pk_topk_args* a, mk_device device, void* stream) {
+  if (!a || a->num_tokens < 0 || a->num_heads < 0 || a->half_dim < 1) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_keys < 1 || a->num_keys > mk::kPkMaxKeys || a->k < 1 || a->k > a->num_keys)
+    return MK_ERR_INVALID_ARGUMENT;
+  if (a->dtype != MK_F16 && a->dtype != MK_BF16) return MK_ERR_UNSUPPORTED;
+  if (a->k > mk::kPkFusedMaxK) return MK_ERR_UNSUPPORTED;
+  if (a->num_tokens * a->num_heads == 0) return MK_OK;
+  if (!a->query || !a->keys || !a->out_scores || !a->out_indices) return MK_ERR_INVALID_ARGUMENT;
+#ifdef MK_WITH_CUDA
+  if (device == MK_CUDA) return mk::pk_topk_fused_cuda(*a, stream);
+#endif
+  (void)device;
+  (void)stream;
+  return MK_ERR_UNSUPPORTED;
+}
+
 mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, void* stream) {
   mk_status st = mk::pk_check_select_args(args);
   if (st != MK_OK) return st;

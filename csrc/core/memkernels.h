@@ -158,6 +158,20 @@ typedef struct mk_pk_select_args {
   int num_threads;      /* CPU threads; 0 uses the OpenMP default */
 } mk_pk_select_args;
 
+/* Fused product-key top-k (CUDA, f16/bf16 inputs, k <= 128): half-scores on
+ * tensor cores streamed through shared memory, a running per-token top-k per
+ * half, and the candidate top-k in the same kernel; no [T, H, n_keys] score
+ * matrix is written. Same results and tie rule as mk_pk_select on the same
+ * half-scores (fp32 accumulation). */
+typedef struct mk_pk_topk_args {
+  int64_t num_tokens, num_heads, num_keys, half_dim, k;
+  mk_dtype dtype;    /* MK_F16 or MK_BF16 */
+  const void* query; /* [T, H, 2 * half_dim] contiguous */
+  const void* keys;  /* [H, 2, num_keys, half_dim] contiguous */
+  float* out_scores;    /* [T, H, k] */
+  int64_t* out_indices; /* [T, H, k] */
+} mk_pk_topk_args;
+
 MK_API const char* mk_status_string(mk_status status);
 /* JSON text: version, backends built, CUDA version and architectures. */
 MK_API const char* mk_build_info(void);
@@ -179,6 +193,8 @@ MK_API mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_arg
                                                   mk_device device, void* stream);
 
 MK_API mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, void* stream);
+
+MK_API mk_status mk_pk_topk_fused(const mk_pk_topk_args* args, mk_device device, void* stream);
 
 MK_API mk_status mk_sparse_row_update(const mk_sparse_row_update_args* args, mk_device device,
                                       void* stream);

@@ -12,4 +12,7 @@ mk_status pk_check_select_args(const mk_pk_select_args* a);
 mk_status pk_select_cpu(const mk_pk_select_args& a);
 mk_status pk_select_cuda(const mk_pk_select_args& a, void* stream);
 
+constexpr int64_t kPkFusedMaxK = 128;
+mk_status pk_topk_fused_cuda(const mk_pk_topk_args& a, void* stream);
+
 }  // namespace mk

@@ -68,7 +68,7 @@ at::Tensor half_scores(const at::Tensor& a, const at::Tensor& b, at::ScalarType 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> pk_topk_forward(const at::Tensor& query, const at::Tensor& keys,
-                                                   int64_t k, Backend be) {
+                                                   int64_t k, c10::string_view impl, Backend be) {
   check_query_keys(kFwd, query, keys);
   const int64_t T = query.size(0), H = query.size(1), Dk = query.size(2), n = keys.size(2);
   const int64_t half = Dk / 2;
@@ -76,10 +76,35 @@ std::tuple<at::Tensor, at::Tensor> pk_topk_forward(const at::Tensor& query, cons
   if (be.device == MK_CUDA)
     TORCH_CHECK(k <= mk::kPkMaxKCuda, kFwd, ": k must be at most ", mk::kPkMaxKCuda,
                 " on CUDA; got ", k);
+  TORCH_CHECK(impl == "auto" || impl == "staged" || impl == "fused", kFwd,
+              ": impl must be 'auto', 'staged' or 'fused'; got '", std::string(impl), "'");
   const at::ScalarType comp = compute_dtype(query);
   at::Tensor scores = at::empty({T, H, k}, query.options().dtype(at::kFloat));
   at::Tensor indices = at::empty({T, H, k}, query.options().dtype(at::kLong));
+  if (impl == "fused") {
+    const bool half_precision =
+        query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
+    TORCH_CHECK(be.device == MK_CUDA && half_precision && k <= mk::kPkFusedMaxK, kFwd,
+                ": impl='fused' needs CUDA tensors, float16 or bfloat16 inputs and k <= ",
+                mk::kPkFusedMaxK, "; got ", query.device(), ", ", query.scalar_type(), ", k=", k);
+  }
   if (T == 0 || H == 0) return {scores.to(comp), indices};
+  if (impl == "fused") {
+    const at::Tensor q = query.contiguous(), kc = keys.contiguous();
+    mk_pk_topk_args f{};
+    f.num_tokens = T;
+    f.num_heads = H;
+    f.num_keys = n;
+    f.half_dim = half;
+    f.k = k;
+    f.dtype = to_mk_dtype(query.scalar_type());
+    f.query = q.data_ptr();
+    f.keys = kc.data_ptr();
+    f.out_scores = scores.data_ptr<float>();
+    f.out_indices = indices.data_ptr<int64_t>();
+    check_status(mk_pk_topk_fused(&f, be.device, be.stream), kFwd);
+    return {scores, indices};
+  }
 
   // Half-scores, head-major: [H, T, n].
   const at::Tensor q = query.transpose(0, 1);
@@ -158,8 +183,8 @@ namespace {
 constexpr Backend kCpu{MK_CPU, nullptr};
 
 std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query, const at::Tensor& keys,
-                                               int64_t k) {
-  return pk_topk_forward(query, keys, k, kCpu);
+                                               int64_t k, c10::string_view impl) {
+  return pk_topk_forward(query, keys, k, impl, kCpu);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_scores,

@@ -14,9 +14,9 @@ Backend current(const at::Tensor& t) {
 }
 
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& query, const at::Tensor& keys,
-                                                int64_t k) {
+                                                int64_t k, c10::string_view impl) {
   const c10::cuda::CUDAGuard guard(query.device());
-  return pk_topk_forward(query, keys, k, current(query));
+  return pk_topk_forward(query, keys, k, impl, current(query));
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_cuda(const at::Tensor& grad_scores,

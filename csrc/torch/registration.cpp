@@ -24,7 +24,8 @@ TORCH_LIBRARY(memkernels, m) {
   m.def(
       "embedding_bag_backward_sparse(Tensor grad_out, Tensor values, Tensor indices, "
       "Tensor weights) -> (Tensor rows, Tensor row_grads, Tensor grad_weights)");
-  m.def("pk_topk(Tensor query, Tensor keys, int k) -> (Tensor scores, Tensor indices)");
+  m.def(
+      "pk_topk(Tensor query, Tensor keys, int k, str impl=\"auto\") -> (Tensor scores, Tensor indices)");
   m.def(
       "pk_topk_backward(Tensor grad_scores, Tensor query, Tensor keys, Tensor indices) "
       "-> (Tensor grad_query, Tensor grad_keys)");

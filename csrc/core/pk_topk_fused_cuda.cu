@@ -1,0 +1,234 @@
+// Fused product-key top-k (mk_pk_topk_fused): one block per (32 tokens, head).
+//
+// For each half, key tiles of 64 sub-keys stream through shared memory in
+// chunks of 64 dimensions; 8 warps compute the 32 x 64 score tile with
+// bf16/fp16 tensor-core MMA (fp32 accumulation), and each warp merges the tile
+// into the running top-k of its 4 tokens (64-bit keys, score then index:
+// topk_keys.h): when any new key beats the current k-th, the k kept keys and
+// the 64 new ones are bitonic-sorted in a per-warp buffer and the best k kept.
+// Then the k x k candidates of each token are walked in chunks of 64, pruned
+// once a chunk's best possible sum falls below the current k-th, and merged
+// the same way. No [T, H, n_keys] score matrix is written.
+#include <mma.h>
+
+#include <cstdint>
+
+#include "cuda_common.cuh"
+#include "pk_topk.h"
+#include "topk_keys.h"
+
+namespace mk {
+namespace {
+
+constexpr int kTok = 32;      // tokens per block
+constexpr int kKeyTile = 64;  // sub-keys per tile
+constexpr int kDimChunk = 64; // half-dimensions per MMA chunk
+constexpr int kWarps = 8;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kSld = kKeyTile + 4;  // padded row of the score tile
+
+using cuda::kFullMask;
+
+struct FusedLayout {
+  int k, mbuf;  // kept keys per token; per-warp merge buffer (power of two >= k + 64)
+  size_t q, kt, s, top, best, merge, total;
+};
+
+__host__ __device__ inline FusedLayout fused_layout(int k, int elt) {
+  FusedLayout l{};
+  l.k = k;
+  l.mbuf = 1;
+  while (l.mbuf < k + kKeyTile) l.mbuf <<= 1;
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    const size_t at = off;
+    off = (off + bytes + 127) / 128 * 128;
+    return at;
+  };
+  l.q = take(size_t(kTok) * kDimChunk * elt);
+  l.kt = take(size_t(kKeyTile) * kDimChunk * elt);
+  l.s = take(size_t(kTok) * kSld * sizeof(float));
+  l.top = take(size_t(2) * kTok * k * sizeof(uint64_t));
+  l.best = take(size_t(kTok) * k * sizeof(uint64_t));
+  l.merge = take(size_t(kWarps) * l.mbuf * sizeof(uint64_t));
+  l.total = off;
+  return l;
+}
+
+// Keeps the best k of list[0..k) (sorted descending) and the 64 keys the lanes
+// hold (two each), in list, sorted descending. buf holds mbuf keys.
+__device__ void warp_merge(uint64_t* list, int k, uint64_t a, uint64_t b, uint64_t* buf, int mbuf) {
+  const int lane = threadIdx.x & 31;
+  for (int i = lane; i < mbuf; i += 32) buf[i] = i < k ? list[i] : 0;
+  __syncwarp();
+  buf[k + lane] = a;
+  buf[k + 32 + lane] = b;
+  __syncwarp();
+  for (int size = 2; size <= mbuf; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = lane; i < mbuf; i += 32) {
+        const int j = i ^ stride;
+        if (j > i) {
+          const bool desc = (i & size) == 0;
+          const uint64_t x = buf[i], y = buf[j];
+          if ((x < y) == desc) {
+            buf[i] = y;
+            buf[j] = x;
+          }
+        }
+      }
+      __syncwarp();
+    }
+  }
+  for (int i = lane; i < k; i += 32) list[i] = buf[i];
+  __syncwarp();
+}
+
+template <class T>
+__device__ __forceinline__ T zero_value();
+template <>
+__device__ __forceinline__ __half zero_value<__half>() {
+  return __float2half_rn(0.f);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 zero_value<__nv_bfloat16>() {
+  return __float2bfloat16_rn(0.f);
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) pk_topk_fused_kernel(mk_pk_topk_args a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // bf16/fp16 MMA with these shapes needs sm_80 or newer; the host checks first
+#else
+  using namespace nvcuda;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const FusedLayout L = fused_layout(int(a.k), int(sizeof(T)));
+  T* qs = reinterpret_cast<T*>(smem + L.q);
+  T* ks = reinterpret_cast<T*>(smem + L.kt);
+  float* S = reinterpret_cast<float*>(smem + L.s);
+  uint64_t* top = reinterpret_cast<uint64_t*>(smem + L.top);
+  uint64_t* best = reinterpret_cast<uint64_t*>(smem + L.best);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  uint64_t* mbuf = reinterpret_cast<uint64_t*>(smem + L.merge) + size_t(warp) * L.mbuf;
+
+  const int k = int(a.k);
+  const int64_t T_ = a.num_tokens, H = a.num_heads, n = a.num_keys, half = a.half_dim;
+  const int64_t t0 = int64_t(blockIdx.x) * kTok;
+  const int64_t h = blockIdx.y;
+  const T* query = static_cast<const T*>(a.query);
+  const T* keys = static_cast<const T*>(a.keys);
+
+  for (int i = threadIdx.x; i < 2 * kTok * k; i += kThreads) top[i] = 0;
+  __syncthreads();
+
+  // Warp w computes the 16 x 16 fragment (rows 16 * (w / 4), cols 16 * (w % 4)).
+  const int rb = warp / 4, cb = warp % 4;
+  for (int hf = 0; hf < 2; ++hf) {
+    const T* kbase = keys + (h * 2 + hf) * n * half;
+    for (int64_t kt0 = 0; kt0 < n; kt0 += kKeyTile) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int64_t d0 = 0; d0 < half; d0 += kDimChunk) {
+        __syncthreads();  // the previous chunk's tiles are no longer read
+        for (int i = threadIdx.x; i < kTok * kDimChunk; i += kThreads) {
+          const int r = i / kDimChunk, c = i % kDimChunk;
+          const int64_t t = t0 + r, d = d0 + c;
+          qs[i] = (t < T_ && d < half) ? query[(t * H + h) * 2 * half + hf * half + d] : zero_value<T>();
+        }
+        for (int i = threadIdx.x; i < kKeyTile * kDimChunk; i += kThreads) {
+          const int r = i / kDimChunk, c = i % kDimChunk;
+          const int64_t key = kt0 + r, d = d0 + c;
+          ks[i] = (key < n && d < half) ? kbase[key * half + d] : zero_value<T>();
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < kDimChunk; kk += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
+          wmma::load_matrix_sync(fa, qs + rb * 16 * kDimChunk + kk, kDimChunk);
+          wmma::load_matrix_sync(fb, ks + cb * 16 * kDimChunk + kk, kDimChunk);
+          wmma::mma_sync(acc, fa, fb, acc);
+        }
+      }
+      wmma::store_matrix_sync(S + rb * 16 * kSld + cb * 16, acc, kSld, wmma::mem_row_major);
+      __syncthreads();
+      // Each warp merges the tile into the running top-k of its 4 tokens.
+      for (int r = warp * (kTok / kWarps); r < (warp + 1) * (kTok / kWarps); ++r) {
+        uint64_t* list = top + (size_t(hf) * kTok + r) * k;
+        const int64_t i0 = kt0 + lane, i1 = kt0 + 32 + lane;
+        const uint64_t x = i0 < n ? topk_key(S[r * kSld + lane], uint32_t(i0)) : 0;
+        const uint64_t y = i1 < n ? topk_key(S[r * kSld + 32 + lane], uint32_t(i1)) : 0;
+        const uint64_t kth = list[k - 1];
+        if (__ballot_sync(kFullMask, x > kth || y > kth)) warp_merge(list, k, x, y, mbuf, L.mbuf);
+      }
+      // The next tile's stores into S wait at the chunk loop's first barrier.
+    }
+  }
+  __syncthreads();
+
+  // Candidates: for each of its tokens, a warp walks the k x k sums in chunks
+  // of 64 (row-major in the two sorted halves).
+  const uint32_t nk = uint32_t(n);
+  const int64_t kk_total = int64_t(k) * k;
+  for (int r = warp * (kTok / kWarps); r < (warp + 1) * (kTok / kWarps); ++r) {
+    const uint64_t* l1 = top + size_t(r) * k;
+    const uint64_t* l2 = top + (size_t(kTok) + r) * k;
+    uint64_t* list = best + size_t(r) * k;
+    for (int i = lane; i < k; i += 32) list[i] = 0;
+    __syncwarp();
+    const float top2 = key_score(l2[0]);
+    for (int64_t e0 = 0; e0 < kk_total; e0 += kKeyTile) {
+      // Rows only get smaller: once this chunk's best possible sum is below
+      // the current k-th, no later chunk can contribute.
+      const uint64_t kth = list[k - 1];
+      if (kth != 0 && key_score(l1[e0 / k]) + top2 < key_score(kth)) break;
+      uint64_t v[2];
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int64_t e = e0 + q * 32 + lane;
+        v[q] = 0;
+        if (e < kk_total) {
+          const uint64_t x = l1[e / k], y = l2[e % k];
+          v[q] = topk_key(key_score(x) + key_score(y), key_index(x) * nk + key_index(y));
+        }
+      }
+      if (__ballot_sync(kFullMask, v[0] > kth || v[1] > kth)) warp_merge(list, k, v[0], v[1], mbuf, L.mbuf);
+    }
+    const int64_t t = t0 + r;
+    if (t < T_) {
+      for (int j = lane; j < k; j += 32) {
+        a.out_scores[(t * H + h) * k + j] = key_score(list[j]);
+        a.out_indices[(t * H + h) * k + j] = int64_t(key_index(list[j]));
+      }
+    }
+  }
+#endif
+}
+
+template <class T>
+mk_status launch(const mk_pk_topk_args& a, cudaStream_t stream) {
+  const FusedLayout L = fused_layout(int(a.k), int(sizeof(T)));
+  MK_CUDA_TRY(cudaFuncSetAttribute(pk_topk_fused_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   int(L.total)));
+  const dim3 grid(unsigned((a.num_tokens + kTok - 1) / kTok), unsigned(a.num_heads));
+  pk_topk_fused_kernel<T><<<grid, kThreads, L.total, stream>>>(a);
+  MK_LAUNCH_CHECK();
+  return MK_OK;
+}
+
+}  // namespace
+
+mk_status pk_topk_fused_cuda(const mk_pk_topk_args& a, void* stream) {
+  if ((a.num_tokens + kTok - 1) / kTok > int64_t(INT32_MAX) || a.num_heads > 65535)
+    return MK_ERR_INVALID_ARGUMENT;
+  int dev = 0, major = 0;
+  MK_CUDA_TRY(cudaGetDevice(&dev));
+  MK_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  if (major < 8) return MK_ERR_UNSUPPORTED;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (a.dtype == MK_BF16) return launch<__nv_bfloat16>(a, s);
+  if (a.dtype == MK_F16) return launch<__half>(a, s);
+  return MK_ERR_UNSUPPORTED;
+}
+
+}  // namespace mk
