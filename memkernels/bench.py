@@ -95,7 +95,7 @@ def measure_ceilings(device: torch.device, quick: bool) -> Dict[str, float]:
     dst = torch.empty_like(src)
     t = statistics.median(time_fn(lambda i: dst.copy_(src), device, warmup=3, reps=10))
     copy_gbs = 2 * n_bytes / t / 1e9
-    del src, dst
+    src = dst = None  # free before the matmul
     if device.type == "cuda":
         n, dtype = (2048 if quick else 8192), torch.bfloat16
     else:
@@ -324,7 +324,6 @@ def bench_embedding_bag(case: EBCase, device: torch.device, ceilings, reps: int,
     elt = values.element_size()
     idx_bytes = 8 if case.index_dtype == "int64" else 4
     unique = int(statistics.mean(torch.unique(b[0]).numel() for b in batches))
-    shape = asdict(case)
     rows: List[Row] = []
     all_impls = _eb_impls(values, batches, case)
     for impl, fn in all_impls.items():

@@ -10,7 +10,7 @@ by ``W_o``. ``ValuePool`` is a value table several layers can share.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F

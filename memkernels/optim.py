@@ -20,7 +20,7 @@ Two ways to use it:
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Tuple
 
 import torch
 from torch import Tensor
@@ -161,6 +161,3 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         return torch.ops.memkernels.embedding_bag_backward_update.default(
             grad_out, values, indices, weights, s1, s2, kind, hyper, step, sr, seed)
 
-
-def fused_optimizer(values: Tensor) -> Optional[SparseRowOptimizer]:
-    return getattr(values, _FUSED_ATTR, None)

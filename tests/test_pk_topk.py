@@ -25,7 +25,7 @@ def make(device, T, H, n, Dk, dtype=torch.float32, integer=False):
 def brute_force(query, keys, k):
     """Top-k over all n**2 sums; ties by the smaller slot id (a stable sort of
     the slot-ordered sums)."""
-    n, half = keys.shape[2], query.shape[-1] // 2
+    half = query.shape[-1] // 2
     q, kk = query.double().cpu(), keys.double().cpu()
     s1 = torch.einsum("thd,hnd->thn", q[..., :half], kk[:, 0]).float()
     s2 = torch.einsum("thd,hnd->thn", q[..., half:], kk[:, 1]).float()

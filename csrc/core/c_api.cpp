@@ -46,6 +46,7 @@ mk_status eb_check_bwd_args(const mk_embedding_bag_bwd_args* a) {
   if (a->num_bags > 0 && a->bag_size > (int64_t(INT32_MAX) - 1) / a->num_bags)
     return MK_ERR_INVALID_ARGUMENT;
   if (a->grad_values && (a->sparse_rows || a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
+  if (a->update && (a->grad_values || a->sparse_rows || a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
   if (bool(a->sparse_rows) != bool(a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
   if (a->num_bags > 0 && (!a->indices || !a->weights || !a->grad_out))
     return MK_ERR_INVALID_ARGUMENT;
@@ -209,7 +210,10 @@ mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_args* args
   char* ws = static_cast<char*>(workspace);
   if (device == MK_CPU) return mk::eb_backward_reduce_cpu(*args, ws, l);
 #ifdef MK_WITH_CUDA
-  if (device == MK_CUDA) return mk::eb_backward_reduce_cuda(*args, ws, l, stream);
+  if (device == MK_CUDA) {
+    if (args->update) return MK_ERR_UNSUPPORTED;
+    return mk::eb_backward_reduce_cuda(*args, ws, l, stream);
+  }
 #endif
   (void)stream;
   return MK_ERR_UNSUPPORTED;

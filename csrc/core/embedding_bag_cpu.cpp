@@ -13,6 +13,7 @@
 
 #include "cpu_types.h"
 #include "embedding_bag.h"
+#include "row_update_cpu.h"
 
 // Row loops are compiled for several x86-64 levels and picked at load time,
 // so one binary uses AVX-512 or AVX2 where the machine has it.
@@ -326,10 +327,19 @@ struct ReduceView {
   int64_t T, num_pairs, row_bytes, ahead;  // prefetching
 
   A* grad_sparse_acc;  // or null: sparse row gradients kept in the accumulation type
+  const mk_row_update* update;  // or null: apply finished rows to the table instead
+  RowUpdateConsts update_consts;
+  V* table;  // the values, writable, when update is set
 
-  bool rows_wanted() const { return grad_dense || grad_sparse || grad_sparse_acc; }
-  // Writes columns [c0, c0 + w) of segment s's finished row gradient.
+  bool rows_wanted() const { return grad_dense || grad_sparse || grad_sparse_acc || update; }
+  // Writes columns [c0, c0 + w) of segment s's finished row gradient (with an
+  // update, the whole row at once: c0 == 0, w == D).
   void write_row(int32_t s, const A* row, int64_t c0, int64_t w) const {
+    if (update) {
+      const int64_t r = int64_t(unique[s]);
+      update_row_cpu<V>(update_consts, *update, table + r * stride, row, r, D);
+      return;
+    }
     if (grad_sparse_acc) {
       std::copy(row, row + w, grad_sparse_acc + int64_t(s) * D + c0);
       return;
@@ -474,6 +484,9 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   r.grad_dense = static_cast<V*>(a.grad_values);
   r.grad_sparse = a.sparse_grads_acc ? nullptr : static_cast<V*>(a.sparse_grads);
   r.grad_sparse_acc = a.sparse_grads_acc ? static_cast<A*>(a.sparse_grads) : nullptr;
+  r.update = a.update;
+  if (a.update) r.update_consts = row_update_consts(*a.update);
+  r.table = const_cast<V*>(static_cast<const V*>(a.values));
   r.partials = reinterpret_cast<A*>(ws + l.partials);
   r.unique = reinterpret_cast<const K*>(ws + l.unique_rows);
   r.pairs = reinterpret_cast<const int32_t*>(ws + l.sorted_pairs);
@@ -529,7 +542,8 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   // Split (hot) segments, in column blocks so one very hot row still spreads
   // over the threads.
   const int32_t* hot = reinterpret_cast<const int32_t*>(ws + l.hot_list);
-  const int64_t col_block = 512;
+  // An update needs the whole row (row norms, row-wise Adagrad): one block.
+  const int64_t col_block = r.update ? D : 512;
   const int64_t n_col_blocks = (D + col_block - 1) / col_block;
   const int64_t work = int64_t(counters[kNumHot]) * n_col_blocks;
 #pragma omp parallel num_threads(threads)

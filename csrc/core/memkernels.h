@@ -45,6 +45,7 @@ typedef enum mk_status {
 } mk_status;
 
 typedef enum mk_dtype { MK_F32 = 0, MK_F16 = 1, MK_BF16 = 2, MK_F64 = 3 } mk_dtype;
+struct mk_row_update; /* defined below, with mk_sparse_row_update */
 typedef enum mk_index_dtype { MK_I32 = 0, MK_I64 = 1 } mk_index_dtype;
 typedef enum mk_device { MK_CPU = 0, MK_CUDA = 1 } mk_device;
 
@@ -91,6 +92,10 @@ typedef struct mk_embedding_bag_bwd_args {
   int64_t* sparse_rows;
   void* sparse_grads;
   int sparse_grads_acc; /* sparse_grads in the accumulation type instead of the values' dtype */
+  /* CPU only: when set, each finished row gradient is applied to `values`
+   * (updated in place) by this optimizer update instead of being written
+   * anywhere; grad_values and the sparse outputs must then be NULL. */
+  const struct mk_row_update* update;
   int num_threads; /* CPU threads; 0 uses the OpenMP default */
 } mk_embedding_bag_bwd_args;
 

@@ -195,6 +195,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
   return {rows, row_grads, grad_w.to(weights.scalar_type())};
 }
 
+at::Tensor embedding_bag_backward_apply(const at::Tensor& grad_out_in, const at::Tensor& values,
+                                        const at::Tensor& indices_in, const at::Tensor& weights,
+                                        const mk_row_update& update, Backend be) {
+  at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
+  at::Tensor indices = indices_in.contiguous();
+  at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);
+  at::Tensor grad_w = at::empty(indices.sizes(), weights_acc.options());
+  mk_embedding_bag_bwd_args a = backward_args(grad_out, values, indices, weights_acc);
+  a.grad_weights = grad_w.data_ptr();
+  a.update = &update;
+  at::Tensor ws = plan_backward(a, values, be);
+  check_status(mk_embedding_bag_backward_reduce(&a, ws.data_ptr(), size_t(ws.numel()), be.device,
+                                                be.stream),
+               kBwd);
+  return grad_w;
+}
+
 namespace {
 
 constexpr Backend kCpu{MK_CPU, nullptr};

@@ -24,4 +24,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
     const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
     const at::Tensor& weights, Backend be, bool acc_grads = false);
 
+// CPU: the backward with `update` applied to each finished row of `values`
+// (in place) instead of writing any gradient; returns grad_weights.
+at::Tensor embedding_bag_backward_apply(const at::Tensor& grad_out, const at::Tensor& values,
+                                        const at::Tensor& indices, const at::Tensor& weights,
+                                        const mk_row_update& update, Backend be);
+
 }  // namespace mkt

@@ -1,7 +1,6 @@
 // Torch glue for the row-sparse optimizer updates: checks, state plumbing,
-// and the embedding-bag backward fused with an update (the row gradients stay
-// in an fp32 [U, D] buffer and are applied at once; no table-sized gradient
-// ever exists).
+// and the embedding-bag backward fused with an update (no table-sized
+// gradient ever exists).
 #include "row_update.h"
 
 #include <ATen/Parallel.h>
@@ -116,6 +115,10 @@ at::Tensor embedding_bag_backward_update(const at::Tensor& grad_out, const at::T
                                          const UpdateSpec& spec, Backend be) {
   check_table(values);
   const mk_row_update u = make_update(values, state1, state2, spec);
+  // CPU: each row is updated as the segment reduction finishes it (the row
+  // gradient is never written). CUDA (for now): the row gradients go to an
+  // fp32 [U, D] buffer, then the update kernel runs on those rows.
+  if (be.device == MK_CPU) return embedding_bag_backward_apply(grad_out, values, indices, weights, u, be);
   at::Tensor rows, row_grads, grad_weights;
   std::tie(rows, row_grads, grad_weights) =
       embedding_bag_backward_sparse(grad_out, values, indices, weights, be, /*acc_grads=*/true);
