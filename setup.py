@@ -66,7 +66,7 @@ def extension():
     core = ["csrc/core/c_api.cpp", "csrc/core/embedding_bag_cpu.cpp", "csrc/core/pk_topk_cpu.cpp",
             "csrc/core/row_update_cpu.cpp"]
     glue = ["csrc/torch/registration.cpp", "csrc/torch/embedding_bag.cpp", "csrc/torch/pk_topk.cpp",
-            "csrc/torch/row_update.cpp"]
+            "csrc/torch/row_update.cpp", "csrc/torch/cpu_buffer_pool.cpp"]
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
     defines = [
         ("MK_VERSION", f'"{VERSION}"'),

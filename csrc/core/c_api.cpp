@@ -137,6 +137,18 @@ const char* mk_build_info(void) {
   return info.c_str();
 }
 
+size_t mk_struct_size(const char* name) {
+  if (!name) return 0;
+  const std::string n(name);
+  if (n == "mk_embedding_bag_fwd_args") return sizeof(mk_embedding_bag_fwd_args);
+  if (n == "mk_embedding_bag_bwd_args") return sizeof(mk_embedding_bag_bwd_args);
+  if (n == "mk_pk_select_args") return sizeof(mk_pk_select_args);
+  if (n == "mk_pk_topk_args") return sizeof(mk_pk_topk_args);
+  if (n == "mk_row_update") return sizeof(mk_row_update);
+  if (n == "mk_sparse_row_update_args") return sizeof(mk_sparse_row_update_args);
+  return 0;
+}
+
 mk_status mk_embedding_bag_forward(const mk_embedding_bag_fwd_args* args, mk_device device,
                                    void* stream) {
   mk_status st = mk::eb_check_fwd_args(args);

@@ -213,14 +213,18 @@ mk_status forward(const mk_embedding_bag_fwd_args& a) {
 // Stable LSD radix sort of (key, pair id) over the low `bits` bits. The first
 // pass reads the keys straight from `keys_in` with implicit pair ids 0..P-1;
 // the result lands in (keys_out, pairs_out); (keys_tmp, pairs_tmp) alternate.
+// Each pass splits the input into one contiguous block per thread: per-block
+// histograms, then every block scatters from its own offsets (bucket-major,
+// block-minor), which keeps the sort stable for any thread count.
 template <class K>
 void radix_sort_pairs(const K* keys_in, int64_t P, int bits, K* keys_out, int32_t* pairs_out,
-                      K* keys_tmp, int32_t* pairs_tmp) {
+                      K* keys_tmp, int32_t* pairs_tmp, int threads) {
   const int passes = (bits + 10) / 11;
   const int width = (bits + passes - 1) / passes;
   const size_t buckets = size_t(1) << width;
   const K mask = K(buckets - 1);
-  std::vector<int64_t> hist(buckets);
+  const int blocks = int(std::max<int64_t>(1, std::min<int64_t>(threads, P / 65536)));
+  std::vector<int64_t> hist(buckets * size_t(blocks));
 
   // Choose the first destination so the last pass writes keys_out.
   K* dst_k = (passes % 2 == 1) ? keys_out : keys_tmp;
@@ -232,19 +236,35 @@ void radix_sort_pairs(const K* keys_in, int64_t P, int bits, K* keys_out, int32_
 
   for (int pass = 0; pass < passes; ++pass) {
     const int shift = pass * width;
-    std::fill(hist.begin(), hist.end(), 0);
-    for (int64_t i = 0; i < P; ++i) ++hist[size_t((src_k[i] >> shift) & mask)];
-    int64_t sum = 0;
-    for (size_t b = 0; b < buckets; ++b) {
-      int64_t c = hist[b];
-      hist[b] = sum;
-      sum += c;
-    }
-    for (int64_t i = 0; i < P; ++i) {
-      const K k = src_k[i];
-      const int64_t at = hist[size_t((k >> shift) & mask)]++;
-      dst_k[at] = k;
-      dst_p[at] = src_p ? src_p[i] : int32_t(i);
+#pragma omp parallel num_threads(blocks)
+    {
+#ifdef _OPENMP
+      const int b = omp_get_thread_num();
+#else
+      const int b = 0;
+#endif
+      const int64_t lo = P * b / blocks, hi = P * (b + 1) / blocks;
+      int64_t* h = hist.data() + size_t(b) * buckets;
+      std::fill(h, h + buckets, 0);
+      for (int64_t i = lo; i < hi; ++i) ++h[size_t((src_k[i] >> shift) & mask)];
+#pragma omp barrier
+#pragma omp single
+      {
+        int64_t sum = 0;
+        for (size_t d = 0; d < buckets; ++d)
+          for (int t = 0; t < blocks; ++t) {
+            int64_t& c = hist[size_t(t) * buckets + d];
+            const int64_t n = c;
+            c = sum;
+            sum += n;
+          }
+      }
+      for (int64_t i = lo; i < hi; ++i) {
+        const K k = src_k[i];
+        const int64_t at = h[size_t((k >> shift) & mask)]++;
+        dst_k[at] = k;
+        dst_p[at] = src_p ? src_p[i] : int32_t(i);
+      }
     }
     src_k = dst_k;
     src_p = dst_p;
@@ -267,7 +287,7 @@ mk_status plan(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspaceLa
   K* keys_tmp = reinterpret_cast<K*>(ws + l.scratch);
   int32_t* pairs_tmp = reinterpret_cast<int32_t*>(ws + l.scratch + align256(sizeof(K) * P));
   radix_sort_pairs(reinterpret_cast<const K*>(idx), P, eb_sort_bits(a.num_rows), keys, pairs,
-                   keys_tmp, pairs_tmp);
+                   keys_tmp, pairs_tmp, threads);
 
   K* unique = reinterpret_cast<K*>(ws + l.unique_rows);
   int32_t* seg_off = reinterpret_cast<int32_t*>(ws + l.seg_offsets);

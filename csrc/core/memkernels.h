@@ -180,6 +180,9 @@ typedef struct mk_pk_topk_args {
 MK_API const char* mk_status_string(mk_status status);
 /* JSON text: version, backends built, CUDA version and architectures. */
 MK_API const char* mk_build_info(void);
+/* sizeof the named argument struct ("mk_embedding_bag_fwd_args", ...), or 0:
+ * lets foreign-function bindings check their struct layouts. */
+MK_API size_t mk_struct_size(const char* name);
 
 MK_API mk_status mk_embedding_bag_forward(const mk_embedding_bag_fwd_args* args, mk_device device,
                                           void* stream);

@@ -2,6 +2,8 @@
 // calls into the core, shared by the CPU and CUDA registrations.
 #include "embedding_bag.h"
 
+#include "cpu_buffer_pool.h"
+
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -153,7 +155,11 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad
   at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
   at::Tensor indices = indices_in.contiguous();
   at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);
-  at::Tensor grad_values = at::empty({values.size(0), values.size(1)}, values.options());
+  // On CPU the dense gradient comes from a cache of freed buffers: a training
+  // loop then reuses mapped pages instead of faulting in N * D fresh ones.
+  at::Tensor grad_values =
+      be.device == MK_CPU ? cpu_empty_pooled({values.size(0), values.size(1)}, values.scalar_type())
+                          : at::empty({values.size(0), values.size(1)}, values.options());
   at::Tensor grad_w;
   mk_embedding_bag_bwd_args a = backward_args(grad_out, values, indices, weights_acc);
   if (want_grad_weights) {
@@ -182,9 +188,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
                                                &num_unique),
                kBwd);
   at::Tensor rows = at::empty({num_unique}, indices.options().dtype(at::kLong));
-  at::Tensor row_grads =
-      at::empty({num_unique, values.size(1)},
-                values.options().dtype(acc_grads ? weights_acc.scalar_type() : values.scalar_type()));
+  const at::ScalarType grads_dtype = acc_grads ? weights_acc.scalar_type() : values.scalar_type();
+  at::Tensor row_grads = be.device == MK_CPU
+                             ? cpu_empty_pooled({num_unique, values.size(1)}, grads_dtype)
+                             : at::empty({num_unique, values.size(1)}, values.options().dtype(grads_dtype));
   a.grad_weights = grad_w.data_ptr();
   a.sparse_rows = rows.data_ptr<int64_t>();
   a.sparse_grads = row_grads.data_ptr();

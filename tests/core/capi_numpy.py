@@ -32,7 +32,8 @@ class BwdArgs(C.Structure):
         ("values", C.c_void_p), ("values_row_stride", C.c_int64),
         ("indices", C.c_void_p), ("weights", C.c_void_p), ("grad_out", C.c_void_p),
         ("grad_weights", C.c_void_p), ("grad_values", C.c_void_p),
-        ("sparse_rows", C.c_void_p), ("sparse_grads", C.c_void_p), ("num_threads", C.c_int),
+        ("sparse_rows", C.c_void_p), ("sparse_grads", C.c_void_p), ("sparse_grads_acc", C.c_int),
+        ("update", C.c_void_p), ("num_threads", C.c_int),
     ]
 
 
@@ -44,6 +45,10 @@ def load(path):
     lib = C.CDLL(path)
     lib.mk_status_string.restype = C.c_char_p
     lib.mk_build_info.restype = C.c_char_p
+    lib.mk_struct_size.restype = C.c_size_t
+    lib.mk_struct_size.argtypes = [C.c_char_p]
+    for cls, name in ((FwdArgs, b"mk_embedding_bag_fwd_args"), (BwdArgs, b"mk_embedding_bag_bwd_args")):
+        assert C.sizeof(cls) == lib.mk_struct_size(name), (name, C.sizeof(cls), lib.mk_struct_size(name))
     for name in ("mk_embedding_bag_forward", "mk_embedding_bag_backward_plan", "mk_embedding_bag_backward_reduce",
                  "mk_embedding_bag_backward_workspace_size", "mk_embedding_bag_backward_count"):
         getattr(lib, name).restype = C.c_int
@@ -67,7 +72,7 @@ def backward(lib, values, indices, weights, grad_out, sparse):
     gw = np.empty((T, B), dtype=weights.dtype)
     a = BwdArgs(N, D, T, B, MK_F32 if values.dtype == np.float32 else MK_F64,
                 MK_I32 if indices.dtype == np.int32 else MK_I64,
-                ptr(values), D, ptr(indices), ptr(weights), ptr(grad_out), ptr(gw), None, None, None, 0)
+                ptr(values), D, ptr(indices), ptr(weights), ptr(grad_out), ptr(gw), None, None, None, 0, None, 0)
     size = C.c_size_t(0)
     assert lib.mk_embedding_bag_backward_workspace_size(C.byref(a), MK_CPU, C.byref(size)) == MK_OK
     ws = np.empty(size.value, dtype=np.uint8)

@@ -1,0 +1,20 @@
+// A small cache of large CPU buffers for op outputs (the dense embedding-bag
+// gradient): a freed buffer goes back to the cache and the next output of the
+// same size reuses its already-mapped pages, instead of paying the kernel's
+// page faults and zeroing on every step.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace mkt {
+
+// An uninitialised CPU tensor; buffers of at least kPooledMinBytes come from
+// the cache. Behaves like at::empty (contiguous, not resizable).
+at::Tensor cpu_empty_pooled(at::IntArrayRef sizes, at::ScalarType dtype);
+
+// Bytes the cache holds now (freed buffers kept for reuse).
+int64_t cpu_pool_cached_bytes();
+
+constexpr int64_t kPooledMinBytes = int64_t(8) << 20;
+
+}  // namespace mkt
