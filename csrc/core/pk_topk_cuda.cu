@@ -94,22 +94,7 @@ __device__ void gather_sorted(int64_t n, int k, uint64_t kth, KeyFn key_of, uint
     if (key >= kth) out[atomicAdd(&sh.count, 1)] = key;
   }
   __syncthreads();
-  for (int size = 2; size <= kpad; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = tid; i < kpad; i += kThreads) {
-        const int j = i ^ stride;
-        if (j > i) {
-          const bool desc = (i & size) == 0;
-          const uint64_t a = out[i], b = out[j];
-          if ((a < b) == desc) {
-            out[i] = b;
-            out[j] = a;
-          }
-        }
-      }
-      __syncthreads();
-    }
-  }
+  bitonic_sort_desc(out, kpad, tid, kThreads, [] { __syncthreads(); });
 }
 
 __global__ void __launch_bounds__(kThreads) pk_select_kernel(mk_pk_select_args a) {

@@ -64,22 +64,7 @@ __device__ void warp_merge(uint64_t* list, int k, uint64_t a, uint64_t b, uint64
   buf[k + lane] = a;
   buf[k + 32 + lane] = b;
   __syncwarp();
-  for (int size = 2; size <= mbuf; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = lane; i < mbuf; i += 32) {
-        const int j = i ^ stride;
-        if (j > i) {
-          const bool desc = (i & size) == 0;
-          const uint64_t x = buf[i], y = buf[j];
-          if ((x < y) == desc) {
-            buf[i] = y;
-            buf[j] = x;
-          }
-        }
-      }
-      __syncwarp();
-    }
-  }
+  bitonic_sort_desc(buf, mbuf, lane, 32, [] { __syncwarp(); });
   for (int i = lane; i < k; i += 32) list[i] = buf[i];
   __syncwarp();
 }

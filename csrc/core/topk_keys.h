@@ -44,4 +44,29 @@ MK_HD uint64_t topk_key(float score, uint32_t index) {
 MK_HD float key_score(uint64_t key) { return from_order_bits(uint32_t(key >> 32)); }
 MK_HD uint32_t key_index(uint64_t key) { return 0xffffffffu - uint32_t(key & 0xffffffffu); }
 
+#if defined(__CUDACC__)
+// Sorts buf[0..n) descending in shared memory (n a power of two), the work
+// spread over `threads` cooperating threads with index `tid`; sync() is the
+// barrier among them (__syncthreads for a block, __syncwarp for a warp).
+template <class Sync>
+__device__ void bitonic_sort_desc(uint64_t* buf, int n, int tid, int threads, Sync sync) {
+  for (int size = 2; size <= n; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = tid; i < n; i += threads) {
+        const int j = i ^ stride;
+        if (j > i) {
+          const bool desc = (i & size) == 0;
+          const uint64_t x = buf[i], y = buf[j];
+          if ((x < y) == desc) {
+            buf[i] = y;
+            buf[j] = x;
+          }
+        }
+      }
+      sync();
+    }
+  }
+}
+#endif
+
 }  // namespace mk
