@@ -267,3 +267,18 @@ def test_training_step_allocates_nothing_table_sized(device, fused):
             opt_values.zero_grad()
     big = [(f, s) for f, s in log.shapes if s and s[0] >= n_keys**2]
     assert not big, big
+
+
+def test_opcheck_update_ops(device):
+    table = torch.randn(N, D, device=device)
+    rows = torch.tensor([1, 4, 9], device=device)
+    grads = torch.randn(3, D, device=device)
+    m, v = torch.zeros(N, D, device=device), torch.zeros(N, D, device=device)
+    hyper = [0.01, 0.9, 0.999, 1e-8, 0.0, 0.0]
+    torch.library.opcheck(torch.ops.memkernels.sparse_row_update.default,
+                          (table, rows, grads, m, v, "adam", hyper, 1, False, 0))
+    idx = torch.randint(0, N, (5, 3), device=device)
+    w = torch.rand(5, 3, device=device)
+    gout = torch.randn(5, D, device=device)
+    torch.library.opcheck(torch.ops.memkernels.embedding_bag_backward_update.default,
+                          (gout, table, idx, w, m, v, "adam", hyper, 1, False, 0))
