@@ -57,3 +57,25 @@ def test_bench_entry_tiny(tmp_path, capsys):
     steps = {r["impl"] for r in rows if r["op"] == "train_step"}
     assert steps == {"memkernels_fused", "memkernels_sparse", "torch_dense_adamw", "torch_sparse_adam"}
     assert printed.strip().splitlines()[-1].startswith("update_tiny")  # the table comes last
+
+
+def test_pytest_benchmark_suite_runs_once(tmp_path):
+    """Every pytest-benchmark case under bench/ runs (once, untimed) on CPU."""
+    import os
+    import subprocess
+    import sys
+
+    import memkernels
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    # The memkernels this test imported (installed, or the source tree).
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(memkernels.__file__)), env.get("PYTHONPATH", "")])
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", os.path.join(root, "bench"), "-q", "--benchmark-disable",
+         "-p", "no:cacheprovider", "-k", "cpu"],
+        capture_output=True, text=True, cwd=tmp_path, env=env,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert " passed" in res.stdout

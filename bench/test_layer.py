@@ -1,0 +1,79 @@
+"""pytest-benchmark cases for the ProductKeyMemory layer (kernels backend vs
+reference backend, same parameters) and for one value-table training step
+(memkernels' fused backward+update vs torch's dense AdamW and SparseAdam).
+CPU runs the quick shapes; a GPU also runs the paper ones."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import memkernels
+from memkernels import bench
+from memkernels.nn import ProductKeyMemory
+from memkernels.optim import SparseRowOptimizer
+from conftest import DEVICES
+
+ALL = bench.PRESETS["quick"] + bench.PRESETS["paper"]
+LAYERS = {c.name: c for c in ALL if isinstance(c, bench.LayerCase)}
+STEPS = {c.name: c for c in ALL if isinstance(c, bench.UpdateCase)}
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", sorted(LAYERS))
+@pytest.mark.parametrize("backend", ["kernels", "reference"])
+def test_layer_forward_backward(benchmark, device, case, backend):
+    c = LAYERS[case]
+    if device == "cpu" and c.dim > 1024:
+        pytest.skip("paper shapes are GPU-sized")
+    dtype = getattr(torch, c.dtype)
+    layer = ProductKeyMemory(c.dim, n_keys=c.n_keys, heads=c.heads, knn=c.knn, k_dim=c.k_dim, backend=backend,
+                             device=device, dtype=dtype)
+    x = torch.randn(c.T, c.dim, device=device, dtype=dtype)
+
+    def run():
+        layer(x).backward(torch.ones(c.T, c.dim, device=device, dtype=dtype))
+        layer.zero_grad(set_to_none=True)
+        _sync(device)
+
+    benchmark.group = f"{case} {device}"
+    benchmark.pedantic(run, warmup_rounds=2, rounds=5 if device == "cpu" else 20, iterations=1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", sorted(STEPS))
+@pytest.mark.parametrize("impl", ["memkernels_fused", "torch_dense_adamw", "torch_sparse_adam"])
+def test_train_step(benchmark, device, case, impl):
+    c = STEPS[case]
+    if device == "cpu" and c.D > 64:
+        pytest.skip("paper shapes are GPU-sized")
+    dtype = getattr(torch, c.dtype)
+    table = torch.nn.Parameter(torch.randn(c.N, c.D, device=device, dtype=dtype))
+    if impl == "memkernels_fused":
+        opt = SparseRowOptimizer([table], "adam", lr=1e-3)
+        opt.fuse(table)
+    elif impl == "torch_dense_adamw":
+        opt = torch.optim.AdamW([table], lr=1e-3)
+    else:
+        opt = torch.optim.SparseAdam([table], lr=1e-3)
+    idx = torch.randint(0, c.N, (c.T, c.B), device=device)
+    w = torch.rand(c.T, c.B, device=device)
+    gout = torch.randn(c.T, c.D, device=device, dtype=dtype)
+
+    def run():
+        if impl == "memkernels_fused":
+            out = memkernels.embedding_bag(table, idx, w, check_indices=False)
+        else:
+            out = F.embedding_bag(idx, table, mode="sum", per_sample_weights=w.to(dtype),
+                                  sparse=impl == "torch_sparse_adam")
+        out.backward(gout)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+
+    benchmark.group = f"{case} {device}"
+    benchmark.pedantic(run, warmup_rounds=2, rounds=5 if device == "cpu" else 20, iterations=1)
