@@ -282,3 +282,28 @@ def test_opcheck_update_ops(device):
     gout = torch.randn(5, D, device=device)
     torch.library.opcheck(torch.ops.memkernels.embedding_bag_backward_update.default,
                           (gout, table, idx, w, m, v, "adam", hyper, 1, False, 0))
+
+
+@pytest.mark.parametrize("kind", ["adam", "adagrad_rowwise", "sgd"])
+def test_fused_backward_update_bf16_stochastic_rounding(device, kind):
+    """On a bf16 table the fused op applies the fp32 row gradients (more precise
+    than the bf16 sparse gradient autograd would carry): it equals the sparse
+    backward's fp32 rows fed to the standalone update, bit for bit."""
+    g = torch.Generator().manual_seed(5)
+    table = torch.randn(N, D, generator=g).to(device=device, dtype=torch.bfloat16)
+    a, b = table.clone(), table.clone()
+    sa = [torch.zeros(N, D, device=device), torch.zeros(N, D, device=device)]
+    sb = [torch.zeros(N, D, device=device), torch.zeros(N, D, device=device)]
+    if kind == "adagrad_rowwise":
+        sa = [torch.zeros(N, device=device), None]
+        sb = [torch.zeros(N, device=device), None]
+    if kind == "sgd":
+        sa = sb = [None, None]
+    hyper = [0.05, 0.9, 0.99, 1e-6, 0.01, 1.0]
+    for step, (idx, w, target) in enumerate(batches(device, steps=3), start=1):
+        gout = target.bfloat16()
+        torch.ops.memkernels.embedding_bag_backward_update(gout, a, idx, w, sa[0], sa[1], kind, hyper, step, True, 3)
+        rows, row_grads, _ = torch.ops.memkernels.embedding_bag_backward_sparse(gout.float(), b.float(), idx, w)
+        torch.ops.memkernels.sparse_row_update(b, rows, row_grads, sb[0], sb[1], kind, hyper, step, True, 3)
+        assert torch.equal(a, b)
+    assert not torch.equal(a, table)
