@@ -361,3 +361,17 @@ def test_backward_op_checks_grad_out(device):
     values, indices, weights = make(device, 10, 4, 3, 2)
     with _raises(r"grad_out must have shape \[3, 4\]; got \[3, 5\]"):
         torch.ops.memkernels.embedding_bag_backward(torch.randn(3, 5, device=device), values, indices, weights)
+
+
+def test_cpu_gradient_buffers_are_reused():
+    # Large CPU gradient outputs come from a cache of freed buffers: the next
+    # backward reuses the freed buffer's (already mapped) memory.
+    values, indices, weights = make("cpu", 8192, 256, 64, 4)  # 8 MiB dense gradient
+    grad_out = torch.randn(64, 256)
+    first, _ = torch.ops.memkernels.embedding_bag_backward(grad_out, values, indices, weights)
+    ptr = first.data_ptr()
+    expected = first.clone()
+    del first
+    again, _ = torch.ops.memkernels.embedding_bag_backward(grad_out, values, indices, weights)
+    assert again.data_ptr() == ptr
+    assert torch.equal(again, expected)  # every row rewritten, no stale data

@@ -13,7 +13,12 @@ namespace {
 class Pool {
  public:
   static constexpr size_t kPerSize = 2;
-  static constexpr size_t kMaxBytes = size_t(2) << 30;
+
+  // MEMKERNELS_CPU_POOL_MB caps the cached bytes (default 2048; 0 disables).
+  Pool() {
+    const char* env = std::getenv("MEMKERNELS_CPU_POOL_MB");
+    max_bytes_ = (env ? size_t(std::strtoull(env, nullptr, 10)) : size_t(2048)) << 20;
+  }
 
   // The smallest cached buffer of at least `bytes` and at most 1.25x that
   // (sizes that vary a little, like a batch's distinct-row count, still hit),
@@ -39,7 +44,7 @@ class Pool {
   void give(void* p, size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (free_.count(bytes) < kPerSize && cached_ + bytes <= kMaxBytes) {
+      if (free_.count(bytes) < kPerSize && cached_ + bytes <= max_bytes_) {
         free_.emplace(bytes, p);
         cached_ += bytes;
         return;
@@ -61,6 +66,7 @@ class Pool {
   std::mutex mu_;
   std::multimap<size_t, void*> free_;
   size_t cached_ = 0;
+  size_t max_bytes_;
 };
 
 Pool& pool() {

@@ -1,7 +1,8 @@
 // A small cache of large CPU buffers for op outputs (the dense embedding-bag
 // gradient): a freed buffer goes back to the cache and the next output of the
 // same size reuses its already-mapped pages, instead of paying the kernel's
-// page faults and zeroing on every step.
+// page faults and zeroing on every step. MEMKERNELS_CPU_POOL_MB caps the
+// cached bytes (default 2048; 0 turns the cache off).
 #pragma once
 
 #include <ATen/ATen.h>
