@@ -5,12 +5,8 @@ CPU runs the quick shapes; a GPU also runs the paper ones."""
 
 import pytest
 import torch
-import torch.nn.functional as F
-
-import memkernels
 from memkernels import bench
 from memkernels.nn import ProductKeyMemory
-from memkernels.optim import SparseRowOptimizer
 from conftest import DEVICES
 
 ALL = bench.PRESETS["quick"] + bench.PRESETS["paper"]
@@ -51,28 +47,13 @@ def test_train_step(benchmark, device, case, impl):
     c = STEPS[case]
     if device == "cpu" and c.D > 64:
         pytest.skip("paper shapes are GPU-sized")
-    dtype = getattr(torch, c.dtype)
-    table = torch.nn.Parameter(torch.randn(c.N, c.D, device=device, dtype=dtype))
-    if impl == "memkernels_fused":
-        opt = SparseRowOptimizer([table], "adam", lr=1e-3)
-        opt.fuse(table)
-    elif impl == "torch_dense_adamw":
-        opt = torch.optim.AdamW([table], lr=1e-3)
-    else:
-        opt = torch.optim.SparseAdam([table], lr=1e-3)
+    step = bench.make_train_step(impl, c, torch.device(device))
     idx = torch.randint(0, c.N, (c.T, c.B), device=device)
     w = torch.rand(c.T, c.B, device=device)
-    gout = torch.randn(c.T, c.D, device=device, dtype=dtype)
+    gout = torch.randn(c.T, c.D, device=device, dtype=getattr(torch, c.dtype))
 
     def run():
-        if impl == "memkernels_fused":
-            out = memkernels.embedding_bag(table, idx, w, check_indices=False)
-        else:
-            out = F.embedding_bag(idx, table, mode="sum", per_sample_weights=w.to(dtype),
-                                  sparse=impl == "torch_sparse_adam")
-        out.backward(gout)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step(idx, w, gout)
         _sync(device)
 
     benchmark.group = f"{case} {device}"

@@ -421,12 +421,47 @@ def bench_layer(case: LayerCase, device: torch.device, ceilings, reps: int) -> L
     return rows
 
 
+def make_train_step(impl: str, case: UpdateCase, device: torch.device, generator=None):
+    """A fresh value table and optimizer for `impl`, and the step
+    ``step(indices, weights, grad_out)``: forward, backward, update.
+
+    impl: ``memkernels_fused`` (SparseRowOptimizer fused into the backward),
+    ``memkernels_sparse`` (sparse gradient + SparseRowOptimizer),
+    ``torch_dense_adamw`` (F.embedding_bag + AdamW) or ``torch_sparse_adam``
+    (F.embedding_bag(sparse=True) + SparseAdam)."""
+    from .optim import SparseRowOptimizer
+
+    dtype = getattr(torch, case.dtype)
+    table = torch.nn.Parameter(torch.randn(case.N, case.D, generator=generator, device=device, dtype=dtype))
+    if impl.startswith("memkernels"):
+        opt = SparseRowOptimizer([table], "adam", lr=1e-3)
+        if impl == "memkernels_fused":
+            opt.fuse(table)
+    elif impl == "torch_dense_adamw":
+        opt = torch.optim.AdamW([table], lr=1e-3)
+    elif impl == "torch_sparse_adam":
+        opt = torch.optim.SparseAdam([table], lr=1e-3)
+    else:
+        raise ValueError(f"unknown train-step impl {impl!r}")
+
+    def step(idx, w, gout):
+        if impl.startswith("memkernels"):
+            out = memkernels.embedding_bag(table, idx, w, sparse=impl == "memkernels_sparse", check_indices=False)
+        else:
+            out = F.embedding_bag(idx, table, mode="sum", per_sample_weights=w.to(dtype),
+                                  sparse=impl == "torch_sparse_adam")
+        out.backward(gout)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
 def bench_update(case: UpdateCase, device: torch.device, ceilings, reps: int) -> List[Row]:
     """One training step of a value table (forward, backward, Adam-type
     update), four ways: memkernels' fused backward+update, memkernels' sparse
     gradient + SparseRowOptimizer, torch's dense gradient + AdamW, and torch's
     sparse gradient + SparseAdam. Ours should stay flat as N grows."""
-    from .optim import SparseRowOptimizer
 
     dtype = getattr(torch, case.dtype)
     g = torch.Generator(device=device).manual_seed(0)
@@ -443,42 +478,16 @@ def bench_update(case: UpdateCase, device: torch.device, ceilings, reps: int) ->
     # The update reads and writes each touched row and its two fp32 moments.
     nbytes = base + unique * case.D * 2 * (elt + 8)
 
-    def setup(impl):
-        table = torch.nn.Parameter(torch.randn(case.N, case.D, generator=g, device=device, dtype=dtype))
-        if impl == "memkernels_fused":
-            opt = SparseRowOptimizer([table], "adam", lr=1e-3)
-            opt.fuse(table)
-        elif impl == "memkernels_sparse":
-            opt = SparseRowOptimizer([table], "adam", lr=1e-3)
-        elif impl == "torch_dense_adamw":
-            opt = torch.optim.AdamW([table], lr=1e-3)
-        else:
-            opt = torch.optim.SparseAdam([table], lr=1e-3)
-        return table, opt
-
     rows: List[Row] = []
     for impl in ("memkernels_fused", "memkernels_sparse", "torch_dense_adamw", "torch_sparse_adam"):
         base_mem = _peak_reset(device)
         try:
-            table, opt = setup(impl)
-
-            def call(i, table=table, opt=opt, impl=impl):
-                idx, w, gout = data[i % 3]
-                if impl.startswith("memkernels"):
-                    out = memkernels.embedding_bag(table, idx, w, sparse=impl == "memkernels_sparse",
-                                                   check_indices=False)
-                else:
-                    out = F.embedding_bag(idx, table, mode="sum", per_sample_weights=w.to(dtype),
-                                          sparse=impl == "torch_sparse_adam")
-                out.backward(gout)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
-            times = time_fn(call, device, warmup=2, reps=reps, budget_s=BUDGET_S)
+            step = make_train_step(impl, case, device, g)
+            times = time_fn(lambda i: step(*data[i % 3]), device, warmup=2, reps=reps, budget_s=BUDGET_S)
         except torch.OutOfMemoryError:
             continue
         finally:
-            table = opt = None
+            step = None
         peak = _peak_bytes(device, base_mem)
         rows.append(_row("train_step", case, impl, "fwd+bwd+update", device, times, nbytes,
                          6 * case.T * case.B * case.D, ceilings, peak))
