@@ -5,6 +5,7 @@ CPU runs the quick shapes; a GPU also runs the paper ones."""
 
 import pytest
 import torch
+
 from memkernels import bench
 from memkernels.nn import ProductKeyMemory
 from conftest import DEVICES
