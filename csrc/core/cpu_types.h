@@ -81,11 +81,6 @@ inline f16_t from_float_f16(float f) {
 }
 #endif
 
-template <class T>
-inline float to_float(T x) {
-  return float(x);
-}
-
 // Converting stores from the accumulation type.
 template <class V, class A>
 inline V from_acc(A x);

@@ -33,15 +33,6 @@ inline int eb_sort_bits(int64_t num_rows) {
   return bits;
 }
 
-inline size_t dtype_size(mk_dtype t) {
-  switch (t) {
-    case MK_F32: return 4;
-    case MK_F16:
-    case MK_BF16: return 2;
-    case MK_F64: return 8;
-  }
-  return 0;
-}
 inline size_t acc_size(mk_dtype t) { return t == MK_F64 ? 8 : 4; }
 inline size_t index_size(mk_index_dtype t) { return t == MK_I64 ? 8 : 4; }
 

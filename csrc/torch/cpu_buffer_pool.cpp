@@ -53,11 +53,6 @@ class Pool {
     std::free(p);
   }
 
-  int64_t cached() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return int64_t(cached_);
-  }
-
   ~Pool() {
     for (auto& kv : free_) std::free(kv.second);
   }
@@ -102,7 +97,5 @@ at::Tensor cpu_empty_pooled(at::IntArrayRef sizes, at::ScalarType dtype) {
                       /*resizable=*/false);
   return at::empty({0}, opts).set_(storage, 0, sizes);
 }
-
-int64_t cpu_pool_cached_bytes() { return pool().cached(); }
 
 }  // namespace mkt

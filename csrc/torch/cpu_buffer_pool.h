@@ -13,9 +13,6 @@ namespace mkt {
 // the cache. Behaves like at::empty (contiguous, not resizable).
 at::Tensor cpu_empty_pooled(at::IntArrayRef sizes, at::ScalarType dtype);
 
-// Bytes the cache holds now (freed buffers kept for reuse).
-int64_t cpu_pool_cached_bytes();
-
 constexpr int64_t kPooledMinBytes = int64_t(8) << 20;
 
 }  // namespace mkt
