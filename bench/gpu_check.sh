@@ -4,15 +4,18 @@
 #
 #   bash bench/gpu_check.sh OUT_DIR [quick|full]
 #
-# quick (default, sized for one call under 10 minutes on an H100, about 8):
-#   build the extension for this card's arch only with all cores; the tests
-#   marked cuda (the CPU bodies run in CI); build the torch-free core with CUDA
-#   and run its CTest suite; compute-sanitizer memcheck and racecheck on the
-#   core's CUDA test (small cases); the bench suite's paper preset without the
-#   scaling sweeps.
+# quick (default, sized for one call of about 6 minutes on an H100/H200, at
+# most about 9.5 by its step limits):
+#   build the extension for this card's arch only with all cores, and, at the
+#   same time, the torch-free core with CUDA (CMake); the tests marked cuda
+#   (the CPU bodies run in CI); the core's CTest suite; compute-sanitizer
+#   memcheck and racecheck on the core's CUDA test (small cases, both pk_topk
+#   kernels, the embedding-bag backward, the row update); the bench suite's
+#   paper preset without the scaling sweeps.
 # full: also the whole test suite, the sweeps and pytest-benchmark's GPU cases.
-# Every step has a time limit, so the summary is always written. A short
-# table is printed last. Exit status is non-zero if any step failed.
+# Every step has a time limit, and steps.txt is written into OUT_DIR as each
+# step ends, so a call cut short still says how far it got. A short table is
+# printed last. Exit status is non-zero if any step failed.
 #
 # OUT_DIR receives few files (a lent GPU machine returns at most 8):
 # steps.txt, summary.txt, bench.json, pytest_bench.json (full) and logs.tgz
@@ -28,10 +31,11 @@ PY=${PYTHON:-python3}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH="$CUDA_HOME/bin:$PATH"
 ARCH=${MK_ARCH:-$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
-export TORCH_CUDA_ARCH_LIST=$ARCH MEMKERNELS_CUDA=1 MEMKERNELS_PTXAS_VERBOSE=1 MAX_JOBS=$(nproc)
+NPROC=$(nproc)
+export TORCH_CUDA_ARCH_LIST=$ARCH MEMKERNELS_CUDA=1 MEMKERNELS_PTXAS_VERBOSE=1 MAX_JOBS=$NPROC
 export MEMKERNELS_EXPECT_CUDA=1 MEMKERNELS_EXPECT_ARCH=$ARCH PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 CORE_BUILD=${CORE_BUILD:-/tmp/memkernels-core-build}
-: > "$OUT/steps.txt"
+: > "$FINAL/steps.txt"
 status=0
 
 # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, logs to NAME.log.
@@ -39,24 +43,25 @@ step() {
   local name=$1 limit=$2
   shift 2
   local t0=$(date +%s)
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout -k 5 "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   printf '%-12s rc=%-3d %4ds%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" \
-    "$([ "$rc" -eq 124 ] && echo '  (time limit)')" | tee -a "$OUT/steps.txt"
+    "$([ "$rc" -eq 124 ] && echo '  (time limit)')" | tee -a "$FINAL/steps.txt"
   [ "$rc" -eq 0 ] || status=1
   return "$rc"
 }
 
 finish() {
+  wait 2>/dev/null
   {
     echo "== gpu"; cat "$OUT/gpu.txt"
-    echo "== steps"; cat "$OUT/steps.txt"
+    echo "== steps"; cat "$FINAL/steps.txt"
     echo "== failures"
-    grep -hE "^FAILED|ERROR SUMMARY: [1-9]|error:|CHECK\(" "$OUT"/*.log 2>/dev/null | head -n 40
-    echo "== ptxas (registers, spills)"; head -n 40 "$OUT/ptxas.txt" 2>/dev/null
-    echo "== bench (paper preset)"; grep -A 60 "^memkernels bench" "$OUT/bench.log" 2>/dev/null || echo "(no bench run)"
+    grep -hE "^FAILED|^ERROR |ERROR SUMMARY: [1-9]|error:|CHECK\(|Error|Timeout" "$OUT"/*.log 2>/dev/null | head -n 40
+    echo "== ptxas (registers, spills)"; head -n 60 "$OUT/ptxas.txt" 2>/dev/null
+    echo "== bench (paper preset)"; grep -A 80 "^memkernels bench" "$OUT/bench.log" 2>/dev/null || echo "(no bench run)"
   } > "$OUT/summary.txt" 2>&1
-  cp "$OUT/steps.txt" "$OUT/summary.txt" "$FINAL/"
+  cp "$OUT/summary.txt" "$FINAL/"
   cp "$OUT/bench/bench.json" "$OUT/pytest_bench.json" "$FINAL/" 2>/dev/null
   tar czf "$FINAL/logs.tgz" -C "$OUT" .
   cat "$OUT/summary.txt"
@@ -64,22 +69,30 @@ finish() {
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
-step build 300 "$PY" setup.py build_ext --inplace || finish
-grep -E "Compiling entry|registers|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
-if [ "$MODE" = full ]; then
-  step tests 420 "$PY" -m pytest tests -q -rs --junitxml="$OUT/tests.xml"
-else
-  step tests 200 "$PY" -m pytest tests -q -rs -m cuda --junitxml="$OUT/tests.xml"
-fi
-step core_build 200 bash -c "cmake -S . -B '$CORE_BUILD' -DMEMKERNELS_CUDA=ON \
+cat "$OUT/gpu.txt"
+# The core library builds (and its CTest suite runs) beside the extension's build.
+step core_build 300 bash -c "cmake -S . -B '$CORE_BUILD' -G Ninja -DMEMKERNELS_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=${ARCH/./} -DCMAKE_BUILD_TYPE=Release && \
-  cmake --build '$CORE_BUILD' -j $(nproc) && ctest --test-dir '$CORE_BUILD' --output-on-failure"
-step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
-step racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
+  cmake --build '$CORE_BUILD' -j 4 && ctest --test-dir '$CORE_BUILD' --output-on-failure" &
+core_pid=$!
+step build 240 "$PY" setup.py build_ext --inplace || finish
+grep -E "Compiling entry|registers|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
+PYTEST_TIMEOUT=()
+if "$PY" -c "import pytest_timeout" 2>/dev/null; then PYTEST_TIMEOUT=(-p pytest_timeout --timeout 60); fi
+if [ "$MODE" = full ]; then
+  step tests 420 "$PY" -m pytest tests -q -rs "${PYTEST_TIMEOUT[@]}" --junitxml="$OUT/tests.xml"
+else
+  step tests 150 "$PY" -m pytest tests -q -rs -m cuda "${PYTEST_TIMEOUT[@]}" --junitxml="$OUT/tests.xml"
+fi
+wait "$core_pid" || status=1
+if [ -x "$CORE_BUILD/test_core_cuda" ]; then
+  step memcheck 50 compute-sanitizer --tool memcheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
+  step racecheck 50 compute-sanitizer --tool racecheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
+fi
 if [ "$MODE" = full ]; then
   step bench 420 "$PY" -m memkernels.bench --preset paper --out "$OUT/bench"
   step pytest_bench 300 "$PY" -m pytest bench -q -k cuda --benchmark-json="$OUT/pytest_bench.json"
 else
-  step bench 200 "$PY" -m memkernels.bench --preset paper --no-sweeps --reps 10 --out "$OUT/bench"
+  step bench 170 "$PY" -m memkernels.bench --preset paper --no-sweeps --reps 10 --out "$OUT/bench"
 fi
 finish

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional
@@ -548,6 +549,10 @@ def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int,
     return rows
 
 
+# Cases that raised something other than out-of-memory, in this process.
+ERRORS: List[str] = []
+
+
 def bench_case(case, device: torch.device, ceilings, reps: int, **kw) -> List[Row]:
     """One case's rows; a case whose inputs do not fit the device is skipped."""
     bench = {EBCase: bench_embedding_bag, PKCase: bench_pk_topk, LayerCase: bench_layer,
@@ -558,6 +563,13 @@ def bench_case(case, device: torch.device, ceilings, reps: int, **kw) -> List[Ro
         print(f"skipped {case.name}: out of memory on {device}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        return []
+    except Exception as e:  # noqa: BLE001 - one failing case must not hide the others' numbers
+        # Recorded and reported (main() exits non-zero); the remaining cases run
+        # unless the device is left unusable.
+        msg = f"{case.name}: {type(e).__name__}: {e}"
+        print(f"FAILED case {msg}")
+        ERRORS.append(msg)
         return []
 
 
@@ -684,12 +696,13 @@ def main(argv=None) -> Dict[str, object]:
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")
     reps = args.reps or (5 if preset == "tiny" else 20)
     ceilings = measure_ceilings(device, quick=preset in ("tiny", "quick"))
+    ERRORS.clear()
     rows: List[Row] = []
     for case in PRESETS[preset]:
         rows += bench_case(case, device, ceilings, reps)
     sweeps = [] if args.no_sweeps else run_sweeps(preset, device, ceilings, reps)
     result = {"environment": environment(device), "preset": preset, "ceilings": ceilings,
-              "results": [asdict(r) for r in rows], "sweeps": sweeps}
+              "results": [asdict(r) for r in rows], "sweeps": sweeps, "errors": list(ERRORS)}
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "bench.json"), "w") as f:
@@ -707,8 +720,10 @@ def main(argv=None) -> Dict[str, object]:
                 line = "  ".join(f"{p['value']}:{p['median_s'] * 1e3:.3g}" for p in pts if p["impl"] == impl)
                 print(f"  {op} vs {param:<7} {impl:<30} {line}")
     print(format_table(rows))
+    for msg in result["errors"]:
+        print(f"FAILED case {msg}")
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["errors"] else 0)

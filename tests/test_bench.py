@@ -59,6 +59,18 @@ def test_bench_entry_tiny(tmp_path, capsys):
     assert printed.strip().splitlines()[-1].startswith("update_tiny")  # the table comes last
 
 
+def test_failing_case_is_reported_and_the_rest_still_run(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(bench, "bench_pk_topk", broken)
+    result = bench.main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--no-sweeps"])
+    assert result["errors"] == ["pk_tiny: RuntimeError: kernel exploded"]
+    ops = {r["op"] for r in result["results"]}
+    assert ops == {"embedding_bag", "layer", "train_step"}
+    assert "FAILED case pk_tiny: RuntimeError: kernel exploded" in capsys.readouterr().out
+
+
 def test_pytest_benchmark_suite_runs_once(tmp_path):
     """Every pytest-benchmark case under bench/ runs (once, untimed) on CPU."""
     import os
