@@ -78,7 +78,7 @@ core_pid=$!
 step build 240 "$PY" setup.py build_ext --inplace || finish
 grep -E "Compiling entry|registers|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
 PYTEST_TIMEOUT=()
-if "$PY" -c "import pytest_timeout" 2>/dev/null; then PYTEST_TIMEOUT=(-p pytest_timeout --timeout 60); fi
+if "$PY" -c "import pytest_timeout" 2>/dev/null; then PYTEST_TIMEOUT=(--timeout 60); fi
 if [ "$MODE" = full ]; then
   step tests 420 "$PY" -m pytest tests -q -rs "${PYTEST_TIMEOUT[@]}" --junitxml="$OUT/tests.xml"
 else

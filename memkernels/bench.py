@@ -298,7 +298,7 @@ def _eb_impls(values, batches, case):
     def torch_op(i, backward, sparse=False):
         idx, w, gout = batches[i % len(batches)]
         v = values.requires_grad_(backward)
-        ww = w.to(dtype).requires_grad_(backward)
+        ww = w.detach().to(dtype).requires_grad_(backward)
         out = F.embedding_bag(idx, v, mode="sum", per_sample_weights=ww, sparse=sparse)
         if backward:
             torch.autograd.grad(out, (v, ww), gout)
