@@ -11,7 +11,8 @@
 #   (the CPU bodies run in CI); the core's CTest suite; compute-sanitizer
 #   memcheck and racecheck on the core's CUDA test (small cases, both pk_topk
 #   kernels, the embedding-bag backward, the row update); the bench suite's
-#   paper preset without the scaling sweeps.
+#   paper preset without the scaling sweeps; per-kernel device times
+#   (bench/profile_kernels.py) into profile.txt.
 # full: also the whole test suite, the sweeps and pytest-benchmark's GPU cases.
 # Every step has a time limit, and steps.txt is written into OUT_DIR as each
 # step ends, so a call cut short still says how far it got. A short table is
@@ -95,4 +96,5 @@ if [ "$MODE" = full ]; then
 else
   step bench 170 "$PY" -m memkernels.bench --preset paper --no-sweeps --reps 10 --out "$OUT/bench"
 fi
+step profile 90 "$PY" bench/profile_kernels.py "$OUT"
 finish
