@@ -58,8 +58,8 @@ finish() {
     echo "== gpu"; cat "$OUT/gpu.txt"
     echo "== steps"; cat "$FINAL/steps.txt"
     echo "== failures"
-    grep -hE "^FAILED|^ERROR |ERROR SUMMARY: [1-9]|error:|CHECK\(|Error|Timeout" "$OUT"/*.log 2>/dev/null | head -n 40
-    echo "== ptxas (registers, spills)"; head -n 60 "$OUT/ptxas.txt" 2>/dev/null
+    grep -hE "^FAILED|^ERROR |ERROR SUMMARY: [1-9]|error:|CHECK\(|Error|Timeout|crashed" "$OUT"/*.log 2>/dev/null | cut -c1-300 | head -n 40
+    echo "== ptxas: kernels that spill"; grep -B2 "[1-9][0-9]* bytes spill stores" "$OUT/ptxas.txt" 2>/dev/null | grep -o "entry function .*" | cut -c1-150 | head -n 12
     echo "== bench (paper preset)"; grep -A 80 "^memkernels bench" "$OUT/bench.log" 2>/dev/null || echo "(no bench run)"
   } > "$OUT/summary.txt" 2>&1
   cp "$OUT/summary.txt" "$FINAL/"
@@ -78,12 +78,15 @@ step core_build 300 bash -c "cmake -S . -B '$CORE_BUILD' -G Ninja -DMEMKERNELS_C
 core_pid=$!
 step build 240 "$PY" setup.py build_ext --inplace || finish
 grep -E "Compiling entry|registers|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
-PYTEST_TIMEOUT=()
-if "$PY" -c "import pytest_timeout" 2>/dev/null; then PYTEST_TIMEOUT=(--timeout 60); fi
+PYTEST_ARGS=()
+if "$PY" -c "import pytest_timeout" 2>/dev/null; then PYTEST_ARGS=(--timeout 60); fi
+# pytest-xdist, where installed: parallel, and a test that crashes its worker
+# is reported as failed instead of ending the run.
+if "$PY" -c "import xdist" 2>/dev/null; then PYTEST_ARGS+=(-n 4); fi
 if [ "$MODE" = full ]; then
-  step tests 420 "$PY" -m pytest tests -q -rs "${PYTEST_TIMEOUT[@]}" --junitxml="$OUT/tests.xml"
+  step tests 420 "$PY" -m pytest tests -q -rfEs --tb=short "${PYTEST_ARGS[@]}" --junitxml="$OUT/tests.xml"
 else
-  step tests 150 "$PY" -m pytest tests -q -rs -m cuda "${PYTEST_TIMEOUT[@]}" --junitxml="$OUT/tests.xml"
+  step tests 150 "$PY" -m pytest tests -q -rfEs --tb=short -m cuda "${PYTEST_ARGS[@]}" --junitxml="$OUT/tests.xml"
 fi
 wait "$core_pid" || status=1
 if [ -x "$CORE_BUILD/test_core_cuda" ]; then

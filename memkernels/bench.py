@@ -266,6 +266,7 @@ class Row:
     TFLOPs: float = 0.0
     pct_floor: float = 0.0  # 100 * max(bytes / copy rate, flops / matmul rate) / median time
     speedup: Dict[str, float] = field(default_factory=dict)
+    note: str = ""
 
 
 def _inputs(case: EBCase, device, sets: int):
@@ -282,6 +283,12 @@ def _inputs(case: EBCase, device, sets: int):
     return values, batches
 
 
+def torch_computes_weights_grad(values) -> bool:
+    """False where PyTorch's embedding_bag has no backward for per-sample
+    weights (bfloat16 on CUDA): its rows then time the values' gradient only."""
+    return not (values.is_cuda and values.dtype == torch.bfloat16)
+
+
 def _eb_impls(values, batches, case):
     """forward and forward+backward callables per implementation."""
     dtype = values.dtype
@@ -295,13 +302,17 @@ def _eb_impls(values, batches, case):
             torch.autograd.grad(out, (v, ww), gout)
         return out
 
+    # PyTorch's CUDA kernel has no bfloat16 backward for per-sample weights:
+    # there its rows compute the values' gradient only (less work than ours).
+    torch_grad_w = torch_computes_weights_grad(values)
+
     def torch_op(i, backward, sparse=False):
         idx, w, gout = batches[i % len(batches)]
         v = values.requires_grad_(backward)
-        ww = w.detach().to(dtype).requires_grad_(backward)
+        ww = w.detach().to(dtype).requires_grad_(backward and torch_grad_w)
         out = F.embedding_bag(idx, v, mode="sum", per_sample_weights=ww, sparse=sparse)
         if backward:
-            torch.autograd.grad(out, (v, ww), gout)
+            torch.autograd.grad(out, (v, ww) if torch_grad_w else (v,), gout)
         return out
 
     def ref(i, backward):
@@ -347,6 +358,8 @@ def bench_embedding_bag(case: EBCase, device: torch.device, ceilings, reps: int,
                 nbytes += embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, idx_bytes, unique, bpart)
             flops = 2 * case.T * case.B * case.D * (3 if backward else 1)
             rows.append(_row("embedding_bag", case, impl, part, device, times, nbytes, flops, ceilings, peak))
+            if backward and impl.startswith("torch.") and not torch_computes_weights_grad(values):
+                rows[-1].note = "values' gradient only: torch has no bf16 weights gradient on CUDA"
     values.requires_grad_(False)
     _speedups(rows)
     return rows
@@ -678,7 +691,8 @@ def format_table(rows: List[Row]) -> str:
         peak = f"{r.peak_bytes / 2**20:.0f}" if r.peak_bytes is not None else "-"
         sp = ", ".join(f"{v:.2f}x vs {k}" for k, v in r.speedup.items())
         lines.append(f"{r.case:<15}{r.impl:<30}{r.part:<18}{r.median_s * 1e3:>10.3f}{r.GBps:>8.1f}"
-                     f"{r.pct_copy:>8.1f}{r.TFLOPs:>9.3f}{r.pct_floor:>8.1f}{peak:>9}  {sp}")
+                     f"{r.pct_copy:>8.1f}{r.TFLOPs:>9.3f}{r.pct_floor:>8.1f}{peak:>9}  {sp}"
+                     + (f" ({r.note})" if r.note else ""))
     return "\n".join(lines)
 
 

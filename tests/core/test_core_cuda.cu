@@ -190,6 +190,41 @@ void check_pk_select(int64_t T, int64_t H, int64_t n, int64_t k) {
   cudaFree(out_i);
 }
 
+// Every CUDA selection path (the register fast path in each of its block
+// configurations, and the general path for k > 128 or n_keys > 16384) gives
+// the CPU selection's exact results, which the CPU tests hold to brute force.
+// integer: scores in -4..4 (ties everywhere); else continuous scores.
+void check_pk_select_vs_cpu(int64_t T, int64_t H, int64_t n, int64_t k, bool integer) {
+  PkProblem pb(T, H, n, k, unsigned(T * 7 + n + k));
+  if (!integer) {
+    std::mt19937 rng(unsigned(n + k));
+    std::normal_distribution<float> nd(0.f, 3.f);
+    for (auto& x : pb.s1) x = nd(rng);
+    for (auto& x : pb.s2) x = nd(rng);
+  }
+  const size_t outs = size_t(T * H * k);
+  std::vector<float> cpu_s(outs);
+  std::vector<int64_t> cpu_i(outs);
+  mk_pk_select_args c = pb.args(pb.s1.data(), pb.s2.data(), cpu_s.data(), cpu_i.data());
+  CHECK(mk_pk_select(&c, MK_CPU, nullptr) == MK_OK, "cpu pk select failed");
+  float* d1 = to_device(pb.s1);
+  float* d2 = to_device(pb.s2);
+  float* out_s;
+  int64_t* out_i;
+  cudaMalloc(&out_s, outs * sizeof(float));
+  cudaMalloc(&out_i, outs * sizeof(int64_t));
+  mk_pk_select_args a = pb.args(d1, d2, out_s, out_i);
+  CHECK(mk_pk_select(&a, MK_CUDA, nullptr) == MK_OK, "pk select failed");
+  CHECK(to_host(out_s, outs) == cpu_s, "pk scores differ from CPU (n=%lld k=%lld integer=%d)",
+        (long long)n, (long long)k, int(integer));
+  CHECK(to_host(out_i, outs) == cpu_i, "pk slots differ from CPU (n=%lld k=%lld integer=%d)",
+        (long long)n, (long long)k, int(integer));
+  cudaFree(d1);
+  cudaFree(d2);
+  cudaFree(out_s);
+  cudaFree(out_i);
+}
+
 // The fused top-k kernel is exact against brute force on small-integer bf16
 // inputs (every score exact, many ties), including odd sizes.
 void check_pk_fused(int64_t T, int64_t H, int64_t n, int64_t half, int64_t k) {
@@ -334,6 +369,13 @@ int main() {
   check_pk_select(5, 3, 37, 6);
   check_pk_select(2, 2, 37, 37);
   check_pk_select(3, 1, 300, 128);
+  check_pk_select(2, 1, 300, 200);  // general path (k > 128)
+  for (bool integer : {true, false}) {
+    for (int64_t n : {500, 1000, 1500, 3000, 5000, 9000, 16384, 17000}) {
+      for (int64_t k : {1, 32, 128}) check_pk_select_vs_cpu(3, 2, n, k, integer);
+    }
+    check_pk_select_vs_cpu(2, 1, 2000, 300, integer);
+  }
   check_pk_fused(9, 3, 37, 9, 5);
   check_pk_fused(33, 2, 70, 64, 37);
   check_pk_fused(5, 1, 200, 65, 128);
