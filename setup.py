@@ -15,7 +15,10 @@ fallback to CPU-only.
 
 import glob
 import os
+import shlex
+import subprocess
 import sys
+import tempfile
 
 # torch.utils.cpp_extension reads CUDA_HOME when imported; an nvcc found on PATH
 # outside the toolkit folder would mislead it, so prefer the standard folder.
@@ -52,6 +55,35 @@ def want_cuda() -> bool:
     return possible
 
 
+def shared_libstdcxx_link_args():
+    """Link flags that make the extension use the process's shared libstdc++.
+
+    Some toolchains link libstdc++ statically into shared objects (a
+    -static-libstdc++ in their specs). In a torch extension that puts a second
+    C++ runtime into a process whose torch uses the shared one, and formatting
+    a number into an error message then crashes (seen on a GPU machine whose
+    g++ did this). Probe: link a tiny shared object with the compiler the
+    build uses; if it does not depend on libstdc++.so, name the shared
+    library explicitly, ahead of the driver's static one."""
+    cxx = shlex.split(os.environ.get("CXX", "c++"))
+    with tempfile.TemporaryDirectory() as d:
+        src, out = os.path.join(d, "probe.cpp"), os.path.join(d, "probe.so")
+        with open(src, "w") as f:
+            f.write("#include <sstream>\nstd::string f(long x) { std::ostringstream s; s << x; return s.str(); }\n")
+        try:
+            done = subprocess.run(cxx + ["-shared", "-fPIC", src, "-o", out], capture_output=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        if done.returncode != 0:
+            return []
+        with open(out, "rb") as f:
+            if b"libstdc++.so" in f.read():
+                return []
+    print("memkernels: the C++ compiler links libstdc++ statically into shared objects; "
+          "linking the shared libstdc++.so.6 instead", file=sys.stderr)
+    return ["-l:libstdc++.so.6"]
+
+
 def nvidia_include_dirs():
     """Headers torch's CUDA headers include (cusparse.h, cublas_v2.h) ship in pip packages."""
     dirs = []
@@ -75,7 +107,7 @@ def extension():
     kwargs = dict(
         name="memkernels._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + shared_libstdcxx_link_args(),
         py_limited_api=False,
     )
     if not with_cuda:

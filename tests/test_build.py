@@ -29,3 +29,19 @@ def test_cuda_kernels_built_when_expected():
         assert torch._C._dispatch_has_kernel_for_dispatch_key("memkernels::embedding_bag", "CUDA")
     else:
         assert info["backends"] in (["cpu"], ["cpu", "cuda"])
+
+
+def test_extension_uses_the_shared_cpp_runtime():
+    """The extension depends on libstdc++.so rather than carrying a static
+    copy: two C++ runtimes in one process crash when an error message formats
+    a number (seen on a GPU machine whose compiler linked libstdc++
+    statically; setup.py now probes for that)."""
+    with open(memkernels._C.__file__, "rb") as f:
+        assert b"libstdc++.so" in f.read()
+    values = torch.randn(10, 4, 1)
+    try:
+        memkernels.embedding_bag(values, torch.zeros(3, 2, dtype=torch.long), torch.ones(3, 2))
+    except RuntimeError as e:
+        assert "got shape [10, 4, 1]" in str(e)
+    else:
+        raise AssertionError("a 3-D values tensor was accepted")
