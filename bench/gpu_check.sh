@@ -5,7 +5,7 @@
 #   bash bench/gpu_check.sh OUT_DIR [quick|full]
 #
 # quick (default; about 150 s of command time on an H200, at
-# most about 16 minutes by its step limits):
+# most about 14 minutes by its step limits):
 #   build the extension for this card's arch only with all cores, and, at the
 #   same time, the torch-free core with CUDA (CMake); the tests marked cuda
 #   (the CPU bodies run in CI); the core's CTest suite; compute-sanitizer
