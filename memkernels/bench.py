@@ -714,6 +714,8 @@ def main(argv=None) -> Dict[str, object]:
     p.add_argument("--reps", type=int, default=None, help="timed calls per case (default 20, 5 for tiny)")
     p.add_argument("--out", default=None, help="folder for bench.json and the PNG plots")
     p.add_argument("--no-sweeps", action="store_true", help="skip the scaling sweeps")
+    p.add_argument("--cases", default=None,
+                   help="comma-separated case names (or name prefixes) of the preset to run, e.g. pk_ref,update_N=16M")
     args = p.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -722,7 +724,14 @@ def main(argv=None) -> Dict[str, object]:
     ceilings = measure_ceilings(device, quick=preset in ("tiny", "quick"))
     ERRORS.clear()
     rows: List[Row] = []
-    for case in PRESETS[preset]:
+    cases = PRESETS[preset]
+    if args.cases:
+        wanted = [w.strip() for w in args.cases.split(",") if w.strip()]
+        cases = [c for c in cases if any(c.name.startswith(w) for w in wanted)]
+        if not cases:
+            p.error(f"--cases {args.cases!r} matches no case of preset {preset!r}: "
+                    + ", ".join(c.name for c in PRESETS[preset]))
+    for case in cases:
         rows += bench_case(case, device, ceilings, reps)
     sweeps = [] if args.no_sweeps else run_sweeps(preset, device, ceilings, reps)
     result = {"environment": environment(device), "preset": preset, "ceilings": ceilings,

@@ -3,6 +3,8 @@ docs describe, and its byte counts match counts done by hand."""
 
 import json
 
+import pytest
+
 from memkernels import bench
 
 
@@ -69,6 +71,13 @@ def test_failing_case_is_reported_and_the_rest_still_run(monkeypatch, capsys):
     ops = {r["op"] for r in result["results"]}
     assert ops == {"embedding_bag", "layer", "train_step"}
     assert "FAILED case pk_tiny: RuntimeError: kernel exploded" in capsys.readouterr().out
+
+
+def test_cases_option_selects_cases():
+    result = bench.main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--no-sweeps", "--cases", "pk_,eb_tiny"])
+    assert {r["case"] for r in result["results"]} == {"pk_tiny", "eb_tiny"}
+    with pytest.raises(SystemExit):
+        bench.main(["--preset", "tiny", "--device", "cpu", "--cases", "nothing_like_this"])
 
 
 def test_pytest_benchmark_suite_runs_once(tmp_path):
