@@ -144,7 +144,7 @@ constexpr int kFastMaxK = 128;
 constexpr int kFastMaxCand = 1024;  // >= sum_{a=1..128} floor(128 / a) = 645
 
 struct FastShared {
-  uint32_t hist[2][256];  // double-buffered: pass p counts into hist[p & 1]
+  uint32_t hist[256];
   uint64_t half1[kFastMaxK];
   uint64_t half2[kFastMaxK];
   uint64_t best[kFastMaxK];
@@ -158,39 +158,31 @@ struct FastShared {
 // Selects the k largest of the keys held in registers across the block (0 =
 // no key; real keys are never 0) into out[0..kpad) of shared memory, sorted
 // descending and padded with zeros. kpad: k rounded up to a power of two.
-// Only keys[0..live) can be non-zero (live is the same in every thread), so
-// passes skip the empty tail. Expects both histogram buffers zeroed (and a
-// barrier since); leaves them zeroed.
 template <int THREADS, int ITEMS>
-__device__ void block_select(const uint64_t (&keys)[ITEMS], int live, int k, int kpad,
-                             uint64_t* out, FastShared& sh) {
+__device__ void block_select(const uint64_t (&keys)[ITEMS], int k, int kpad, uint64_t* out,
+                             FastShared& sh) {
   const int tid = threadIdx.x, lane = tid & 31;
   uint64_t prefix = 0, mask = 0;
   int remaining = k;
-  int pass = 0;
-  for (int shift = 56; shift >= 0; shift -= 8, ++pass) {
-    uint32_t* hist = sh.hist[pass & 1];
-    uint32_t* next = sh.hist[(pass + 1) & 1];
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    for (int i = tid; i < 256; i += THREADS) sh.hist[i] = 0;
+    __syncthreads();
 #pragma unroll
     for (int j = 0; j < ITEMS; ++j) {
-      if (j >= live) break;  // uniform across the block
       const uint64_t key = keys[j];
       const uint32_t digit =
           (key != 0 && (key & mask) == prefix) ? uint32_t(key >> shift) & 255u : 256u;
       // Lanes with the same digit add once: heavy buckets (the scores'
       // exponent bits) would otherwise serialise on one shared address.
       const uint32_t peers = __match_any_sync(kFullMask, digit);
-      if (digit != 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], uint32_t(__popc(peers)));
+      if (digit != 256u && lane == __ffs(peers) - 1) atomicAdd(&sh.hist[digit], uint32_t(__popc(peers)));
     }
-    // The other buffer was read in the previous pass (before its closing
-    // barrier): clear it for the next pass while this one is counted.
-    for (int i = tid; i < 256; i += THREADS) next[i] = 0;
     __syncthreads();
     if (tid < 32) {
       uint32_t c[8], total = 0;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        c[j] = hist[lane * 8 + j];
+        c[j] = sh.hist[lane * 8 + j];
         total += c[j];
       }
       uint32_t incl = total;  // keys in digits owned by lanes >= lane
@@ -219,31 +211,20 @@ __device__ void block_select(const uint64_t (&keys)[ITEMS], int live, int k, int
     remaining = sh.remaining;
     mask |= uint64_t(255) << shift;
     const int done = sh.done;
-    // No barrier needed here: sh.* is next written after the next pass's
-    // first barrier, and this pass's buffer is next cleared after it too.
+    __syncthreads();
     if (done) break;
   }
-  // Leave both buffers zeroed for the next select (nobody reads them after
-  // the last pass's closing barrier).
-  for (int i = tid; i < 512; i += THREADS) (&sh.hist[0][0])[i] = 0;
   // Selected: keys whose masked bits are >= prefix; exactly k of them.
   if (tid == 0) sh.count = 0;
   for (int i = k + tid; i < kpad; i += THREADS) out[i] = 0;
   __syncthreads();
 #pragma unroll
   for (int j = 0; j < ITEMS; ++j) {
-    if (j >= live) break;
     const uint64_t key = keys[j];
     if (key != 0 && (key & mask) >= prefix) out[atomicAdd(&sh.count, 1)] = key;
   }
   __syncthreads();
-  if (kpad <= 64) {
-    // Small lists: one warp sorts with warp barriers only.
-    if (tid < 32) bitonic_sort_desc(out, kpad, lane, 32, [] { __syncwarp(); });
-  } else {
-    bitonic_sort_desc(out, kpad, tid, THREADS, [] { __syncthreads(); });
-  }
-  __syncthreads();
+  bitonic_sort_desc(out, kpad, tid, THREADS, [] { __syncthreads(); });
 }
 
 // One half's scores as keys in registers; element (j / 4) * 4 * THREADS +
@@ -300,18 +281,11 @@ __global__ void __launch_bounds__(THREADS) pk_select_fast_kernel(mk_pk_select_ar
     if (lane == 0) sh.offs[0] = 0;
   }
 
-  for (int i = tid; i < 512; i += THREADS) (&sh.hist[0][0])[i] = 0;
-
-  // keys[j] holds elements from (j / 4) * 4 * THREADS on: slots past n_keys are empty.
-  const int live = min(ITEMS, (n + 4 * THREADS - 1) / (4 * THREADS) * 4);
-  const float* s1 = a.scores1 + t * a.scores_stride_t + h * a.scores_stride_h;
-  const float* s2 = a.scores2 + t * a.scores_stride_t + h * a.scores_stride_h;
   uint64_t keys[ITEMS];
-  load_keys<THREADS, ITEMS>(s1, n, keys);
-  __syncthreads();
-  block_select<THREADS, ITEMS>(keys, live, k, kpad, sh.half1, sh);
-  load_keys<THREADS, ITEMS>(s2, n, keys);
-  block_select<THREADS, ITEMS>(keys, live, k, kpad, sh.half2, sh);
+  load_keys<THREADS, ITEMS>(a.scores1 + t * a.scores_stride_t + h * a.scores_stride_h, n, keys);
+  block_select<THREADS, ITEMS>(keys, k, kpad, sh.half1, sh);
+  load_keys<THREADS, ITEMS>(a.scores2 + t * a.scores_stride_t + h * a.scores_stride_h, n, keys);
+  block_select<THREADS, ITEMS>(keys, k, kpad, sh.half2, sh);
 
   const int total = int(sh.offs[k]);
   const uint32_t nk = uint32_t(n);
@@ -330,7 +304,7 @@ __global__ void __launch_bounds__(THREADS) pk_select_fast_kernel(mk_pk_select_ar
       cand[j] = topk_key(key_score(x) + key_score(y), key_index(x) * nk + key_index(y));
     }
   }
-  block_select<THREADS, CITEMS>(cand, (total + THREADS - 1) / THREADS, k, kpad, sh.best, sh);
+  block_select<THREADS, CITEMS>(cand, k, kpad, sh.best, sh);
 
   for (int j = tid; j < k; j += THREADS) {
     a.out_scores[th * k + j] = key_score(sh.best[j]);
