@@ -38,10 +38,45 @@ struct SelectShared {
   int count;
 };
 
+// Warp 0 of a radix-select pass: given the pass's 256-bin histogram of the
+// keys still matching `prefix`, finds the digit whose bucket holds the
+// remaining-th largest of them. Lane l owns digits 8l..8l+7; exactly one lane
+// writes the extended prefix, the rank left within the bucket, and whether
+// the bucket holds exactly the keys still wanted (*done; may be null).
+__device__ void find_bucket(const uint32_t* hist, uint64_t prefix, int shift, int remaining,
+                            uint64_t* out_prefix, int* out_remaining, int* done) {
+  const int lane = threadIdx.x & 31;
+  uint32_t c[8], total = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    c[j] = hist[lane * 8 + j];
+    total += c[j];
+  }
+  uint32_t incl = total;  // keys in digits owned by lanes >= lane
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t v = __shfl_down_sync(kFullMask, incl, o);
+    if (lane + o < 32) incl += v;
+  }
+  const uint32_t above = incl - total;
+  if (above < uint32_t(remaining) && uint32_t(remaining) <= incl) {
+    uint32_t acc = above;
+#pragma unroll
+    for (int j = 7; j >= 0; --j) {
+      if (acc < uint32_t(remaining) && acc + c[j] >= uint32_t(remaining)) {
+        *out_prefix = prefix | (uint64_t(lane * 8 + j) << shift);
+        *out_remaining = remaining - int(acc);
+        if (done) *done = (acc + c[j] == uint32_t(remaining));
+      }
+      acc += c[j];
+    }
+  }
+}
+
 // The k-th largest of the n keys key_of(0..n-1) (distinct keys).
 template <class KeyFn>
 __device__ uint64_t kth_largest_key(int64_t n, int k, KeyFn key_of, SelectShared& sh) {
-  const int tid = threadIdx.x, lane = tid & 31;
+  const int tid = threadIdx.x;
   uint64_t prefix = 0, mask = 0;
   int remaining = k;
   for (int shift = 56; shift >= 0; shift -= 8) {
@@ -53,34 +88,7 @@ __device__ uint64_t kth_largest_key(int64_t n, int k, KeyFn key_of, SelectShared
       if ((key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255u], 1u);
     }
     __syncthreads();
-    if (tid < 32) {
-      // Lane l owns digits 8l..8l+7; find the digit where the count of keys
-      // at or above it first reaches `remaining`, scanning from the top.
-      uint32_t c[8], total = 0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        c[j] = sh.hist[lane * 8 + j];
-        total += c[j];
-      }
-      uint32_t incl = total;  // keys in digits owned by lanes >= lane
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t v = __shfl_down_sync(kFullMask, incl, o);
-        if (lane + o < 32) incl += v;
-      }
-      const uint32_t above = incl - total;
-      if (above < uint32_t(remaining) && uint32_t(remaining) <= incl) {
-        uint32_t acc = above;
-        for (int j = 7; j >= 0; --j) {
-          if (acc + c[j] >= uint32_t(remaining)) {
-            sh.prefix = prefix | (uint64_t(lane * 8 + j) << shift);
-            sh.remaining = remaining - int(acc);
-            break;
-          }
-          acc += c[j];
-        }
-      }
-    }
+    if (tid < 32) find_bucket(sh.hist, prefix, shift, remaining, &sh.prefix, &sh.remaining, nullptr);
     __syncthreads();
     prefix = sh.prefix;
     remaining = sh.remaining;
@@ -178,34 +186,7 @@ __device__ void block_select(const uint64_t (&keys)[ITEMS], int k, int kpad, uin
       if (digit != 256u && lane == __ffs(peers) - 1) atomicAdd(&sh.hist[digit], uint32_t(__popc(peers)));
     }
     __syncthreads();
-    if (tid < 32) {
-      uint32_t c[8], total = 0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        c[j] = sh.hist[lane * 8 + j];
-        total += c[j];
-      }
-      uint32_t incl = total;  // keys in digits owned by lanes >= lane
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t v = __shfl_down_sync(kFullMask, incl, o);
-        if (lane + o < 32) incl += v;
-      }
-      const uint32_t above = incl - total;
-      if (above < uint32_t(remaining) && uint32_t(remaining) <= incl) {
-        uint32_t acc = above;
-#pragma unroll
-        for (int j = 7; j >= 0; --j) {
-          if (acc < uint32_t(remaining) && acc + c[j] >= uint32_t(remaining)) {
-            sh.prefix = prefix | (uint64_t(lane * 8 + j) << shift);
-            sh.remaining = remaining - int(acc);
-            // Every key in this bucket is wanted: no further pass needed.
-            sh.done = (acc + c[j] == uint32_t(remaining));
-          }
-          acc += c[j];
-        }
-      }
-    }
+    if (tid < 32) find_bucket(sh.hist, prefix, shift, remaining, &sh.prefix, &sh.remaining, &sh.done);
     __syncthreads();
     prefix = sh.prefix;
     remaining = sh.remaining;
