@@ -93,12 +93,15 @@ def nvidia_include_dirs():
     return sorted(set(d for d in dirs if os.path.isdir(d)))
 
 
+def sources(*patterns):
+    """Repository-relative paths of the files matching the patterns: the
+    layout is the source list (CMakeLists.txt globs the same core files)."""
+    return sorted(os.path.relpath(p, ROOT) for pat in patterns for p in glob.glob(os.path.join(ROOT, pat)))
+
+
 def extension():
     with_cuda = want_cuda()
-    core = ["csrc/core/c_api.cpp", "csrc/core/embedding_bag_cpu.cpp", "csrc/core/pk_topk_cpu.cpp",
-            "csrc/core/row_update_cpu.cpp"]
-    glue = ["csrc/torch/registration.cpp", "csrc/torch/embedding_bag.cpp", "csrc/torch/pk_topk.cpp",
-            "csrc/torch/row_update.cpp", "csrc/torch/cpu_buffer_pool.cpp"]
+    cpu_sources = sources("csrc/core/*.cpp", "csrc/torch/*.cpp")
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
     defines = [
         ("MK_VERSION", f'"{VERSION}"'),
@@ -111,7 +114,7 @@ def extension():
         py_limited_api=False,
     )
     if not with_cuda:
-        kwargs["sources"] = core + glue
+        kwargs["sources"] = cpu_sources
         kwargs["extra_compile_args"] = {"cxx": cxx}
         kwargs["define_macros"] = defines
         return cpp_extension.CppExtension(**kwargs), False
@@ -128,15 +131,7 @@ def extension():
     nvcc += [f"-D{k}={v}" for k, v in defines]
     if os.environ.get("MEMKERNELS_PTXAS_VERBOSE") == "1":
         nvcc += ["-Xptxas", "-v"]
-    kwargs["sources"] = core + glue + [
-        "csrc/core/embedding_bag_cuda.cu",
-        "csrc/core/pk_topk_cuda.cu",
-        "csrc/core/pk_topk_fused_cuda.cu",
-        "csrc/core/row_update_cuda.cu",
-        "csrc/torch/embedding_bag_cuda.cpp",
-        "csrc/torch/pk_topk_cuda.cpp",
-        "csrc/torch/row_update_cuda.cpp",
-    ]
+    kwargs["sources"] = cpu_sources + sources("csrc/core/*.cu")
     kwargs["include_dirs"] += nvidia_include_dirs()
     kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": nvcc}
     kwargs["define_macros"] = defines

@@ -6,6 +6,9 @@ Ops (each with CPU and CUDA kernels, autograd and torch.compile support):
   deterministic backward (dense or row-sparse value gradient).
 - :func:`pk_topk`: product-key top-k scoring (half-scores, per-half top-k,
   k x k candidates, their top-k), differentiable through the selected pairs.
+- :func:`sparse_row_update` and :func:`embedding_bag_backward_update`:
+  row-sparse optimizer updates (a :class:`RowUpdate`), alone or fused into
+  the embedding bag's backward.
 
 Modules: :class:`memkernels.nn.ProductKeyMemory` (Memory+ layer) and
 :class:`memkernels.nn.ValuePool` (a value table layers can share).
@@ -21,12 +24,13 @@ import json as _json
 import torch as _torch
 
 from . import _C  # noqa: F401  (loads the extension and registers torch.ops.memkernels)
-from . import nn, optim, reference
-from .ops import embedding_bag, pk_topk
+from . import nn, ops, optim, reference
+from .ops import RowUpdate, embedding_bag, embedding_bag_backward_update, pk_topk, sparse_row_update
 
 __version__ = "0.1.0"
 
-__all__ = ["embedding_bag", "pk_topk", "nn", "optim", "build_info", "reference", "__version__"]
+__all__ = ["embedding_bag", "pk_topk", "sparse_row_update", "embedding_bag_backward_update", "RowUpdate", "nn",
+           "ops", "optim", "build_info", "reference", "__version__"]
 
 
 def build_info() -> dict:

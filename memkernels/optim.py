@@ -2,7 +2,7 @@
 
 A step touches only the rows the batch read: the update kernels read the
 distinct rows and their fp32 gradients and update those rows of the table in
-place (``torch.ops.memkernels.sparse_row_update``). Untouched rows, and their
+place (:func:`memkernels.ops.sparse_row_update`). Untouched rows, and their
 optimizer state, are left bit-for-bit unchanged; no table-sized gradient or
 temporary is made per step.
 
@@ -12,7 +12,9 @@ Two ways to use it:
    the touched rows; :meth:`SparseRowOptimizer.step` applies it.
 2. Fused: :meth:`SparseRowOptimizer.fuse` (or
    ``ProductKeyMemory.fuse_value_updates``) makes the embedding bag's backward
-   apply the update itself, so the gradient is never handed to autograd. The
+   apply the update itself (:func:`memkernels.ops.set_backward_update` with
+   :func:`memkernels.ops.embedding_bag_backward_update`), so the gradient is
+   never handed to autograd. The
    table's ``.grad`` stays ``None`` and ``step()`` has nothing to do for it.
    One update per backward: no gradient accumulation across backwards, and a
    value pool shared by several layers is updated once per layer.
@@ -20,15 +22,17 @@ Two ways to use it:
 
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from . import ops
+from .ops import RowUpdate
+
 __all__ = ["SparseRowOptimizer"]
 
 _ALGORITHMS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "adagrad_rowwise": "adagrad_rowwise"}
-_FUSED_ATTR = "_memkernels_fused_optimizer"
 
 
 class SparseRowOptimizer(torch.optim.Optimizer):
@@ -98,16 +102,16 @@ class SparseRowOptimizer(torch.optim.Optimizer):
                 state["sum"] = torch.zeros(p.shape[0], dtype=acc, device=p.device)
         return state
 
-    def _update_args(self, p: Tensor, group: dict):
+    def _next_update(self, p: Tensor, group: dict) -> Tuple[Optional[Tensor], Optional[Tensor], RowUpdate]:
+        """Counts one more step of ``p``: its state tensors and the update."""
         state = self._state(p, group)
         state["step"] += 1
-        kind = _ALGORITHMS[group["algorithm"]]
-        s1 = state.get("exp_avg", state.get("sum"))
-        s2 = state.get("exp_avg_sq")
         beta1, beta2 = group["betas"]
-        hyper = [float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-                 float(group["weight_decay"]), float(group["max_row_norm"])]
-        return s1, s2, kind, hyper, int(state["step"]), bool(group["stochastic_rounding"]), int(group["seed"])
+        update = RowUpdate(_ALGORITHMS[group["algorithm"]], lr=float(group["lr"]), beta1=float(beta1),
+                           beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
+                           max_row_norm=float(group["max_row_norm"]), step=int(state["step"]),
+                           stochastic_rounding=bool(group["stochastic_rounding"]), seed=int(group["seed"]))
+        return state.get("exp_avg", state.get("sum")), state.get("exp_avg_sq"), update
 
     def _group_of(self, p: Tensor) -> dict:
         for group in self.param_groups:
@@ -137,8 +141,8 @@ class SparseRowOptimizer(torch.optim.Optimizer):
                 rows, vals = g.indices()[0], g.values()
                 if rows.numel() == 0:
                     continue
-                s1, s2, kind, hyper, step, sr, seed = self._update_args(p, group)
-                torch.ops.memkernels.sparse_row_update.default(p, rows, vals, s1, s2, kind, hyper, step, sr, seed)
+                s1, s2, update = self._next_update(p, group)
+                ops.sparse_row_update(p, rows, vals, update, s1, s2)
         return loss
 
     def fuse(self, *tables: Tensor) -> None:
@@ -146,18 +150,17 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         optimizer's update directly (see the module docstring)."""
         for t in tables:
             self._group_of(t)
-            setattr(t, _FUSED_ATTR, self)
+            ops.set_backward_update(t, self.fused_backward)
 
     def unfuse(self, *tables: Tensor) -> None:
         for t in tables:
-            if getattr(t, _FUSED_ATTR, None) is self:
-                delattr(t, _FUSED_ATTR)
+            if getattr(ops.backward_update(t), "__self__", None) is self:
+                ops.set_backward_update(t, None)
 
     @torch.no_grad()
     def fused_backward(self, values: Tensor, grad_out: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
         """The embedding-bag backward fused with this optimizer's update of
-        ``values``; returns the weights' gradient."""
-        s1, s2, kind, hyper, step, sr, seed = self._update_args(values, self._group_of(values))
-        return torch.ops.memkernels.embedding_bag_backward_update.default(
-            grad_out, values, indices, weights, s1, s2, kind, hyper, step, sr, seed)
-
+        ``values``; returns the weights' gradient (a
+        :data:`memkernels.ops.BackwardUpdate` hook)."""
+        s1, s2, update = self._next_update(values, self._group_of(values))
+        return ops.embedding_bag_backward_update(grad_out, values, indices, weights, update, s1, s2)

@@ -1,6 +1,8 @@
 """Pure-PyTorch reference implementations: the oracle for tests and the
 baseline for benchmarks. Readable first; no custom kernels."""
 
+import math
+
 import torch
 
 
@@ -37,3 +39,42 @@ def pk_topk(query: torch.Tensor, keys: torch.Tensor, k: int):
     scores, best = cand.topk(k, dim=-1)
     slots = i1.gather(-1, best // k) * n_keys + i2.gather(-1, best % k)
     return scores, slots
+
+
+def sparse_row_step(table, rows, grads, state, algorithm, lr, betas, eps, weight_decay, max_row_norm):
+    """One row-sparse optimizer step, written out in float64: the oracle of
+    :func:`memkernels.ops.sparse_row_update` and
+    :class:`memkernels.optim.SparseRowOptimizer`.
+
+    Args:
+        table: ``[N, D]``; a float64 copy is returned with ``rows`` updated.
+        rows: ``[U]`` distinct row ids; grads: ``[U, D]`` their gradients.
+        state: a dict updated in place: ``"step"`` (the steps so far), and
+            ``"m"``, ``"v"`` ``[N, D]`` (``"adamw"``) or ``"sum"`` ``[N]``
+            (``"adagrad_rowwise"``), float64.
+        algorithm: ``"adamw"`` (SparseAdam semantics with decoupled weight
+            decay on the touched rows) or ``"adagrad_rowwise"``.
+        max_row_norm: if > 0, each row's gradient is first scaled to at most
+            this L2 norm.
+    """
+    t = table.double()
+    g = grads.double()
+    if max_row_norm > 0:
+        norm = g.norm(dim=1, keepdim=True)
+        g = g * torch.where(norm > max_row_norm, max_row_norm / norm, torch.ones_like(norm))
+    w = t[rows] * (1 - lr * weight_decay)
+    state["step"] += 1
+    if algorithm == "adamw":
+        m, v = state["m"], state["v"]
+        m[rows] += (1 - betas[0]) * (g - m[rows])
+        v[rows] += (1 - betas[1]) * (g * g - v[rows])
+        step_size = lr * math.sqrt(1 - betas[1] ** state["step"]) / (1 - betas[0] ** state["step"])
+        w = w - step_size * m[rows] / (v[rows].sqrt() + eps)
+    elif algorithm == "adagrad_rowwise":
+        s = state["sum"]
+        s[rows] += (g * g).mean(dim=1)
+        w = w - lr * g / (s[rows].sqrt() + eps).unsqueeze(1)
+    else:
+        raise ValueError(f"sparse_row_step: algorithm must be 'adamw' or 'adagrad_rowwise'; got {algorithm!r}")
+    t[rows] = w
+    return t

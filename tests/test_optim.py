@@ -3,13 +3,12 @@ equivalence with PyTorch's optimizers on the touched rows, untouched rows
 unchanged, state_dict, determinism, bf16 tables with stochastic rounding, the
 fused backward path, and no table-sized allocation in a training step."""
 
-import math
-
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import memkernels
+from memkernels import reference
 from memkernels.nn import ProductKeyMemory, param_groups
 from memkernels.optim import SparseRowOptimizer
 
@@ -56,29 +55,6 @@ def test_adam_matches_sparse_adam(device):
     torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
 
 
-def _reference_step(table, rows, g, state, algorithm, lr, betas, eps, wd, max_row_norm):
-    """Written reference of one row-sparse step (fp64)."""
-    t = table.double()
-    g = g.double()
-    if max_row_norm > 0:
-        norm = g.norm(dim=1, keepdim=True)
-        g = g * torch.where(norm > max_row_norm, max_row_norm / norm, torch.ones_like(norm))
-    w = t[rows] * (1 - lr * wd)
-    state["step"] += 1
-    if algorithm == "adamw":
-        m, v = state["m"], state["v"]
-        m[rows] += (1 - betas[0]) * (g - m[rows])
-        v[rows] += (1 - betas[1]) * (g * g - v[rows])
-        step_size = lr * math.sqrt(1 - betas[1] ** state["step"]) / (1 - betas[0] ** state["step"])
-        w = w - step_size * m[rows] / (v[rows].sqrt() + eps)
-    else:  # adagrad_rowwise
-        s = state["sum"]
-        s[rows] += (g * g).mean(dim=1)
-        w = w - lr * g / (s[rows].sqrt() + eps).unsqueeze(1)
-    t[rows] = w
-    return t
-
-
 @pytest.mark.parametrize("algorithm", ["adamw", "adagrad_rowwise"])
 @pytest.mark.parametrize("max_row_norm", [0.0, 0.5])
 def test_against_written_reference(device, algorithm, max_row_norm):
@@ -93,7 +69,7 @@ def test_against_written_reference(device, algorithm, max_row_norm):
         (out - target).square().sum().backward()
         grad = table.grad.coalesce()
         rows, g = grad.indices()[0].cpu(), grad.values().cpu()
-        ref = _reference_step(ref, rows, g, state, algorithm, 0.05, (0.9, 0.99), 1e-5, 0.1, max_row_norm)
+        ref = reference.sparse_row_step(ref, rows, g, state, algorithm, 0.05, (0.9, 0.99), 1e-5, 0.1, max_row_norm)
         opt.step()
         opt.zero_grad()
         torch.testing.assert_close(table.detach().double().cpu(), ref, atol=1e-5, rtol=1e-5)

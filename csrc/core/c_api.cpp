@@ -2,9 +2,10 @@
 #include <cstdio>
 #include <string>
 
-#include "embedding_bag.h"
+#include "dtypes_internal.h"
+#include "embedding_bag_internal.h"
 #include "memkernels.h"
-#include "pk_topk.h"
+#include "pk_topk_internal.h"
 #include "row_update_internal.h"
 
 #ifndef MK_VERSION
@@ -16,19 +17,12 @@
 
 namespace mk {
 
-namespace {
-bool valid_value_dtype(mk_dtype t) {
-  return t == MK_F32 || t == MK_F16 || t == MK_BF16 || t == MK_F64;
-}
-bool valid_index_dtype(mk_index_dtype t) { return t == MK_I32 || t == MK_I64; }
-}  // namespace
-
 mk_status eb_check_fwd_args(const mk_embedding_bag_fwd_args* a) {
   if (!a) return MK_ERR_INVALID_ARGUMENT;
   if (a->num_rows < 0 || a->dim < 1 || a->num_bags < 0 || a->bag_size < 1)
     return MK_ERR_INVALID_ARGUMENT;
   if (a->values_row_stride < a->dim) return MK_ERR_INVALID_ARGUMENT;
-  if (!valid_value_dtype(a->value_dtype) || !valid_index_dtype(a->index_dtype))
+  if (!is_value_dtype(a->value_dtype) || !is_index_dtype(a->index_dtype))
     return MK_ERR_UNSUPPORTED;
   if (a->num_bags > 0 && (!a->indices || !a->weights || !a->out)) return MK_ERR_INVALID_ARGUMENT;
   if (a->num_bags > 0 && a->num_rows > 0 && !a->values) return MK_ERR_INVALID_ARGUMENT;
@@ -40,7 +34,7 @@ mk_status eb_check_bwd_args(const mk_embedding_bag_bwd_args* a) {
   if (a->num_rows < 0 || a->dim < 1 || a->num_bags < 0 || a->bag_size < 1)
     return MK_ERR_INVALID_ARGUMENT;
   if (a->values_row_stride < a->dim) return MK_ERR_INVALID_ARGUMENT;
-  if (!valid_value_dtype(a->value_dtype) || !valid_index_dtype(a->index_dtype))
+  if (!is_value_dtype(a->value_dtype) || !is_index_dtype(a->index_dtype))
     return MK_ERR_UNSUPPORTED;
   // Pair ids and segment offsets are int32.
   if (a->num_bags > 0 && a->bag_size > (int64_t(INT32_MAX) - 1) / a->num_bags)
@@ -57,7 +51,7 @@ mk_status eb_check_bwd_args(const mk_embedding_bag_bwd_args* a) {
 mk_status pk_check_select_args(const mk_pk_select_args* a) {
   if (!a) return MK_ERR_INVALID_ARGUMENT;
   if (a->num_tokens < 0 || a->num_heads < 0) return MK_ERR_INVALID_ARGUMENT;
-  if (a->num_keys < 1 || a->num_keys > kPkMaxKeys) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_keys < 1 || a->num_keys > MK_PK_MAX_KEYS) return MK_ERR_INVALID_ARGUMENT;
   if (a->k < 1 || a->k > a->num_keys) return MK_ERR_INVALID_ARGUMENT;
   if (a->num_tokens * a->num_heads > 0 &&
       (!a->scores1 || !a->scores2 || !a->out_scores || !a->out_indices))
@@ -69,7 +63,7 @@ mk_status row_update_check_args(const mk_sparse_row_update_args* a) {
   if (!a) return MK_ERR_INVALID_ARGUMENT;
   if (a->num_rows < 0 || a->dim < 1 || a->num_updates < 0 || a->table_row_stride < a->dim)
     return MK_ERR_INVALID_ARGUMENT;
-  if (!valid_value_dtype(a->value_dtype)) return MK_ERR_UNSUPPORTED;
+  if (!is_value_dtype(a->value_dtype)) return MK_ERR_UNSUPPORTED;
   const mk_row_update& u = a->update;
   if (u.kind != MK_OPT_SGD && u.kind != MK_OPT_ADAM && u.kind != MK_OPT_ADAGRAD_ROWWISE)
     return MK_ERR_INVALID_ARGUMENT;
@@ -246,10 +240,10 @@ mk_status mk_sparse_row_update(const mk_sparse_row_update_args* args, mk_device 
 
 mk_status mk_pk_topk_fused(const mk_pk_topk_args* a, mk_device device, void* stream) {
   if (!a || a->num_tokens < 0 || a->num_heads < 0 || a->half_dim < 1) return MK_ERR_INVALID_ARGUMENT;
-  if (a->num_keys < 1 || a->num_keys > mk::kPkMaxKeys || a->k < 1 || a->k > a->num_keys)
+  if (a->num_keys < 1 || a->num_keys > MK_PK_MAX_KEYS || a->k < 1 || a->k > a->num_keys)
     return MK_ERR_INVALID_ARGUMENT;
   if (a->dtype != MK_F16 && a->dtype != MK_BF16) return MK_ERR_UNSUPPORTED;
-  if (a->k > mk::kPkFusedMaxK) return MK_ERR_UNSUPPORTED;
+  if (a->k > MK_PK_FUSED_MAX_K) return MK_ERR_UNSUPPORTED;
   if (a->num_tokens * a->num_heads == 0) return MK_OK;
   if (!a->query || !a->keys || !a->out_scores || !a->out_indices) return MK_ERR_INVALID_ARGUMENT;
 #ifdef MK_WITH_CUDA

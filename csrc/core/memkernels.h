@@ -153,8 +153,8 @@ typedef struct mk_sparse_row_update_args {
 typedef struct mk_pk_select_args {
   int64_t num_tokens; /* T */
   int64_t num_heads;  /* H */
-  int64_t num_keys;   /* n_keys, at most 65535 (slot ids fit 32 bits) */
-  int64_t k;          /* 1 <= k <= num_keys; at most 1024 on CUDA */
+  int64_t num_keys;   /* n_keys, at most MK_PK_MAX_KEYS */
+  int64_t k;          /* 1 <= k <= num_keys; at most MK_PK_MAX_K_CUDA on CUDA */
   const float* scores1;
   const float* scores2;
   int64_t scores_stride_t, scores_stride_h;
@@ -163,7 +163,13 @@ typedef struct mk_pk_select_args {
   int num_threads;      /* CPU threads; 0 uses the OpenMP default */
 } mk_pk_select_args;
 
-/* Fused product-key top-k (CUDA, f16/bf16 inputs, k <= 128): half-scores on
+/* Limits of the product-key ops; past them a call returns
+ * MK_ERR_INVALID_ARGUMENT (num_keys) or MK_ERR_UNSUPPORTED (k). */
+#define MK_PK_MAX_KEYS 65535  /* slot ids i1 * num_keys + i2 fit 32 bits */
+#define MK_PK_MAX_K_CUDA 1024 /* mk_pk_select on CUDA: shared-memory selection buffers */
+#define MK_PK_FUSED_MAX_K 128 /* mk_pk_topk_fused */
+
+/* Fused product-key top-k (CUDA, f16/bf16 inputs, k <= MK_PK_FUSED_MAX_K): half-scores on
  * tensor cores streamed through shared memory, a running per-token top-k per
  * half, and the candidate top-k in the same kernel; no [T, H, n_keys] score
  * matrix is written. Same results and tie rule as mk_pk_select on the same

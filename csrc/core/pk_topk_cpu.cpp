@@ -6,12 +6,9 @@
 #include <functional>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include "pk_topk.h"
-#include "topk_keys.h"
+#include "cpu_internal.h"
+#include "pk_topk_internal.h"
+#include "topk_keys_internal.h"
 
 namespace mk {
 namespace {
@@ -62,9 +59,7 @@ void select_half(const float* s, int64_t n, TopK& top, std::vector<float>& val,
 
 mk_status pk_select_cpu(const mk_pk_select_args& a) {
   const int64_t T = a.num_tokens, H = a.num_heads, n = a.num_keys, k = a.k;
-#ifdef _OPENMP
-  const int threads = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
-#endif
+  const int threads = resolve_threads(a.num_threads);
 #pragma omp parallel num_threads(threads)
   {
     TopK top(k);

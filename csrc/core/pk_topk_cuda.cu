@@ -12,15 +12,15 @@
 // pairs at least as good under the same tie rule (sum, then slot id), so the
 // result is exact; that is 119 pairs instead of 1024 at k = 32.
 //
-// General path (any k up to kPkMaxKCuda, any n_keys): the same select with
+// General path (any k up to MK_PK_MAX_K_CUDA, any n_keys): the same select with
 // the keys re-read from memory on each pass, all k * k candidates.
 // Keys are distinct, so the k-th largest key is unique and the result is
 // deterministic on either path.
 #include <cstdint>
 
-#include "cuda_common.cuh"
-#include "pk_topk.h"
-#include "topk_keys.h"
+#include "cuda_internal.cuh"
+#include "pk_topk_internal.h"
+#include "topk_keys_internal.h"
 
 namespace mk {
 namespace {
@@ -30,9 +30,9 @@ using cuda::kFullMask;
 
 struct SelectShared {
   uint32_t hist[256];
-  uint64_t half1[kPkMaxKCuda];
-  uint64_t half2[kPkMaxKCuda];
-  uint64_t best[kPkMaxKCuda];
+  uint64_t half1[MK_PK_MAX_K_CUDA];
+  uint64_t half2[MK_PK_MAX_K_CUDA];
+  uint64_t best[MK_PK_MAX_K_CUDA];
   uint64_t prefix;
   int remaining;
   int count;
@@ -315,7 +315,7 @@ bool select_fast(const mk_pk_select_args& a, int64_t blocks, cudaStream_t stream
 }  // namespace
 
 mk_status pk_select_cuda(const mk_pk_select_args& a, void* stream) {
-  if (a.k > kPkMaxKCuda) return MK_ERR_UNSUPPORTED;
+  if (a.k > MK_PK_MAX_K_CUDA) return MK_ERR_UNSUPPORTED;
   const int64_t blocks = a.num_tokens * a.num_heads;
   if (blocks == 0) return MK_OK;
   if (blocks > int64_t(INT32_MAX)) return MK_ERR_INVALID_ARGUMENT;

@@ -13,9 +13,9 @@
 
 #include <cstdint>
 
-#include "cuda_common.cuh"
-#include "pk_topk.h"
-#include "topk_keys.h"
+#include "cuda_internal.cuh"
+#include "pk_topk_internal.h"
+#include "topk_keys_internal.h"
 
 namespace mk {
 namespace {

@@ -1,26 +1,57 @@
 // CPU row-sparse optimizer updates (mk_sparse_row_update): the touched rows
 // are split over the threads; each row is updated by one thread, in column
 // order, so the result does not depend on the thread count.
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <cmath>
 
-#include "row_update_cpu.h"
+#include "cpu_internal.h"
 #include "row_update_internal.h"
 
 namespace mk {
+
+template <class V>
+void update_row_cpu(const RowUpdateConsts& c, const mk_row_update& u, V* w, const acc_t<V>* g,
+                    int64_t r, int64_t D) {
+  using A = acc_t<V>;
+  A* s1 = static_cast<A*>(u.state1);
+  A* s2 = static_cast<A*>(u.state2);
+  A scale = A(1);
+  if (u.max_row_norm > 0) {
+    A sq = A(0);
+    for (int64_t d = 0; d < D; ++d) sq += g[d] * g[d];
+    const A norm = std::sqrt(sq);
+    if (norm > A(u.max_row_norm)) scale = A(u.max_row_norm) / norm;
+  }
+  A denom = A(1);
+  if (u.kind == MK_OPT_ADAGRAD_ROWWISE) {
+    A sq = A(0);
+    for (int64_t d = 0; d < D; ++d) sq += (scale * g[d]) * (scale * g[d]);
+    s1[r] += sq / A(D);
+    denom = std::sqrt(s1[r]) + A(u.eps);
+  }
+  A dummy_m = A(0), dummy_v = A(0);
+  for (int64_t d = 0; d < D; ++d) {
+    A* m = u.kind == MK_OPT_ADAM ? s1 + r * D + d : &dummy_m;
+    A* v = u.kind == MK_OPT_ADAM ? s2 + r * D + d : &dummy_v;
+    const A nw = row_update_element(c, to_acc(w[d]), scale * g[d], m, v, denom);
+    store_updated<V>(w + d, nw, u, r, d);
+  }
+}
+
+#define MK_INSTANTIATE(id, host, device, acc)                                                  \
+  template void update_row_cpu<host>(const RowUpdateConsts&, const mk_row_update&, host*, \
+                                     const acc*, int64_t, int64_t);
+MK_VALUE_DTYPES(MK_INSTANTIATE)
+#undef MK_INSTANTIATE
 
 namespace {
 
 template <class V>
 mk_status update_rows(const mk_sparse_row_update_args& a) {
-  using A = typename acc_of<V>::type;
+  using A = acc_t<V>;
   const RowUpdateConsts c = row_update_consts(a.update);
   V* table = static_cast<V*>(a.table);
   const A* grads = static_cast<const A*>(a.grads);
-#ifdef _OPENMP
-  const int threads = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
-#endif
+  const int threads = resolve_threads(a.num_threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < a.num_updates; ++i) {
     const int64_t r = a.rows[i];
@@ -32,22 +63,8 @@ mk_status update_rows(const mk_sparse_row_update_args& a) {
 
 }  // namespace
 
-template <class V>
-void update_row_cpu(const RowUpdateConsts& c, const mk_row_update& u, V* w,
-                    const typename acc_of<V>::type* g, int64_t r, int64_t D) {
-  update_row<V, typename acc_of<V>::type>(c, u, w, g, r, D);
-}
-template void update_row_cpu<float>(const RowUpdateConsts&, const mk_row_update&, float*, const float*,
-                                    int64_t, int64_t);
-template void update_row_cpu<double>(const RowUpdateConsts&, const mk_row_update&, double*,
-                                     const double*, int64_t, int64_t);
-template void update_row_cpu<f16_t>(const RowUpdateConsts&, const mk_row_update&, f16_t*, const float*,
-                                    int64_t, int64_t);
-template void update_row_cpu<bf16_t>(const RowUpdateConsts&, const mk_row_update&, bf16_t*,
-                                     const float*, int64_t, int64_t);
-
 mk_status row_update_cpu(const mk_sparse_row_update_args& a) {
-  return dispatch_value_dtype(a.value_dtype, [&](auto v) { return update_rows<decltype(v)>(a); });
+  return dispatch_value(a.value_dtype, [&](auto v) { return update_rows<decltype(v)>(a); });
 }
 
 }  // namespace mk

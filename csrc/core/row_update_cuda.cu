@@ -1,38 +1,17 @@
 // CUDA row-sparse optimizer updates (mk_sparse_row_update): a warp per
 // touched row (grid-stride). Row norms and Adagrad's row mean are warp
 // reductions in a fixed butterfly order; each element has one writer.
-#include <type_traits>
-
-#include "cuda_common.cuh"
-#include "row_update.h"
+#include "cuda_internal.cuh"
 #include "row_update_internal.h"
 
 namespace mk {
 namespace {
 
-using cuda::Acc;
-using cuda::to_acc;
 using cuda::warp_sum;
-
-template <class V, class A>
-__device__ __forceinline__ void store_value(V* dst, A x, const mk_row_update& u, int64_t row,
-                                            int64_t col) {
-  if constexpr (std::is_same<V, float>::value || std::is_same<V, double>::value) {
-    *dst = x;
-  } else if constexpr (std::is_same<V, __half>::value) {
-    *dst = __float2half_rn(x);
-  } else {
-    if (u.stochastic_rounding) {
-      *reinterpret_cast<uint16_t*>(dst) = bf16_bits_stochastic(x, sr_bits(u.seed, u.step, row, col));
-    } else {
-      *dst = __float2bfloat16_rn(x);
-    }
-  }
-}
 
 template <class V>
 __global__ void row_update_kernel(mk_sparse_row_update_args a, RowUpdateConsts c) {
-  using A = typename Acc<V>::type;
+  using A = acc_t<V>;
   const mk_row_update& u = a.update;
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
@@ -74,7 +53,7 @@ __global__ void row_update_kernel(mk_sparse_row_update_args a, RowUpdateConsts c
         s1[r * D + d] = m;
         s2[r * D + d] = v;
       }
-      store_value<V, A>(w + d, nw, u, r, d);
+      store_updated<V>(w + d, nw, u, r, d);
     }
   }
 }
@@ -84,12 +63,10 @@ __global__ void row_update_kernel(mk_sparse_row_update_args a, RowUpdateConsts c
 mk_status row_update_cuda(const mk_sparse_row_update_args& a, void* stream) {
   if (a.num_updates == 0) return MK_OK;
   const RowUpdateConsts c = row_update_consts(a.update);
-  const int64_t sms = cuda::sm_count();
-  const int64_t want = (a.num_updates + 3) / 4;
-  const unsigned blocks = unsigned(want < sms * 16 ? want : sms * 16);
+  const unsigned blocks = cuda::warp_grid(a.num_updates);
   auto s = static_cast<cudaStream_t>(stream);
-  return cuda::dispatch_value(a.value_dtype, [&](auto v) {
-    row_update_kernel<decltype(v)><<<blocks, 128, 0, s>>>(a, c);
+  return dispatch_value(a.value_dtype, [&](auto v) {
+    row_update_kernel<decltype(v)><<<blocks, cuda::kBlockThreads, 0, s>>>(a, c);
     MK_LAUNCH_CHECK();
     return MK_OK;
   });

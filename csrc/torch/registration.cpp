@@ -1,11 +1,17 @@
-// Every memkernels schema, in one TORCH_LIBRARY, and the Python module init
-// of memkernels._C (plain CPython API: the torch ops need no pybind11).
+// Every memkernels schema, in one TORCH_LIBRARY; their kernels, bound once
+// for the CPU and (when built) CUDA dispatch keys to the device-generic entry
+// points of ops.h; and the Python module init of memkernels._C (plain CPython
+// API: the torch ops need no pybind11).
 #include <Python.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
 
 #include <string>
 
 #include "../core/memkernels.h"
+#include "checks.h"
+#include "ops.h"
 
 #ifndef MK_TORCH_VERSION
 #define MK_TORCH_VERSION "unknown"
@@ -41,7 +47,105 @@ TORCH_LIBRARY(memkernels, m) {
       "int step, bool stochastic_rounding, int seed) -> Tensor grad_weights");
 }
 
+namespace mkt {
 namespace {
+
+// The Backend of a tensor's device: the CPU, or its CUDA device's current
+// stream (through c10's device-generic stream API, so this file needs no
+// CUDA headers).
+Backend backend_of(const at::Tensor& t) {
+  if (!t.is_cuda()) return Backend{MK_CPU, nullptr};
+  const c10::Stream stream = c10::impl::getDeviceGuardImpl(t.device().type())->getStream(t.device());
+  return Backend{MK_CUDA, stream.native_handle()};
+}
+
+// Each kernel runs under a guard for the device of its first tensor argument.
+at::Tensor embedding_bag(const at::Tensor& values, const at::Tensor& indices,
+                         const at::Tensor& weights, bool /*sparse: autograd's concern*/,
+                         bool check_indices) {
+  const c10::DeviceGuard guard(values.device());
+  return embedding_bag_forward(values, indices, weights, check_indices, backend_of(values));
+}
+
+std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_dense(const at::Tensor& grad_out,
+                                                                const at::Tensor& values,
+                                                                const at::Tensor& indices,
+                                                                const at::Tensor& weights) {
+  const c10::DeviceGuard guard(values.device());
+  return embedding_bag_backward(grad_out, values, indices, weights, backend_of(values));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_rows(
+    const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
+    const at::Tensor& weights) {
+  const c10::DeviceGuard guard(values.device());
+  return embedding_bag_backward_sparse(grad_out, values, indices, weights, backend_of(values));
+}
+
+at::Tensor embedding_bag_backward_with_update(
+    const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
+    const at::Tensor& weights, const c10::optional<at::Tensor>& state1,
+    const c10::optional<at::Tensor>& state2, c10::string_view kind, c10::ArrayRef<double> hyper,
+    int64_t step, bool stochastic_rounding, int64_t seed) {
+  const c10::DeviceGuard guard(values.device());
+  return embedding_bag_backward_update(
+      grad_out, values, indices, weights, state1, state2,
+      UpdateSpec{std::string(kind), hyper, step, stochastic_rounding, seed}, backend_of(values));
+}
+
+void row_update(const at::Tensor& table, const at::Tensor& rows, const at::Tensor& grads,
+                const c10::optional<at::Tensor>& state1, const c10::optional<at::Tensor>& state2,
+                c10::string_view kind, c10::ArrayRef<double> hyper, int64_t step,
+                bool stochastic_rounding, int64_t seed) {
+  const c10::DeviceGuard guard(table.device());
+  sparse_row_update(table, rows, grads, state1, state2,
+                    UpdateSpec{std::string(kind), hyper, step, stochastic_rounding, seed},
+                    backend_of(table));
+}
+
+std::tuple<at::Tensor, at::Tensor> pk_topk(const at::Tensor& query, const at::Tensor& keys,
+                                           int64_t k, c10::string_view impl) {
+  const c10::DeviceGuard guard(query.device());
+  return pk_topk_forward(query, keys, k, impl, backend_of(query));
+}
+
+std::tuple<at::Tensor, at::Tensor> pk_topk_grad(const at::Tensor& grad_scores,
+                                                const at::Tensor& query, const at::Tensor& keys,
+                                                const at::Tensor& indices) {
+  const c10::DeviceGuard guard(query.device());
+  return pk_topk_backward(grad_scores, query, keys, indices, backend_of(query));
+}
+
+void register_kernels(torch::Library& m) {
+  m.impl("embedding_bag", &embedding_bag);
+  m.impl("embedding_bag_backward", &embedding_bag_backward_dense);
+  m.impl("embedding_bag_backward_sparse", &embedding_bag_backward_rows);
+  m.impl("embedding_bag_backward_update", &embedding_bag_backward_with_update);
+  m.impl("sparse_row_update", &row_update);
+  m.impl("pk_topk", &pk_topk);
+  m.impl("pk_topk_backward", &pk_topk_grad);
+}
+
+}  // namespace
+}  // namespace mkt
+
+TORCH_LIBRARY_IMPL(memkernels, CPU, m) { mkt::register_kernels(m); }
+#ifdef MK_WITH_CUDA
+TORCH_LIBRARY_IMPL(memkernels, CUDA, m) { mkt::register_kernels(m); }
+#endif
+
+namespace {
+
+// ["float32", ...]: the value dtypes the ops take (memkernels.ops reads them).
+PyObject* value_dtypes(PyObject*, PyObject*) {
+  PyObject* list = PyList_New(0);
+  for (const mkt::ValueDtype& d : mkt::kValueDtypes) {
+    PyObject* name = PyUnicode_FromString(d.name);
+    PyList_Append(list, name);
+    Py_DECREF(name);
+  }
+  return list;
+}
 
 // JSON: the core's build facts plus the torch and CUDA versions compiled against.
 PyObject* build_info(PyObject*, PyObject*) {
@@ -53,6 +157,7 @@ PyObject* build_info(PyObject*, PyObject*) {
 
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "JSON text describing this build."},
+    {"value_dtypes", value_dtypes, METH_NOARGS, "Names of the value dtypes the ops take."},
     {nullptr, nullptr, 0, nullptr},
 };
 

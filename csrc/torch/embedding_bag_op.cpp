@@ -1,11 +1,11 @@
 // Torch glue for the weighted embedding bag: checks, tensor plumbing and the
-// calls into the core, shared by the CPU and CUDA registrations.
-#include "embedding_bag.h"
-
-#include "cpu_buffer_pool.h"
-
+// calls into the core for the forward, the backward (dense and row-sparse
+// value gradients) and the backward fused with a row-sparse optimizer update.
 #include <ATen/Parallel.h>
-#include <torch/library.h>
+
+#include "checks.h"
+#include "cpu_buffer_pool.h"
+#include "ops.h"
 
 namespace mkt {
 
@@ -21,11 +21,8 @@ at::Tensor check_inputs(const char* op, const at::Tensor& values, const at::Tens
   check_dim(op, values, "values", 2, "[num_rows, dim]");
   check_dim(op, indices, "indices", 2, "[num_bags, bag_size]");
   check_dim(op, weights, "weights", 2, "[num_bags, bag_size]");
-  TORCH_CHECK(is_value_dtype(values.scalar_type()), op,
-              ": values must be float32, float16, bfloat16 or float64; got ",
-              values.scalar_type());
-  TORCH_CHECK(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong, op,
-              ": indices must be int32 or int64; got ", indices.scalar_type());
+  check_value_dtype(op, values, "values");
+  check_index_dtype(op, indices, "indices");
   TORCH_CHECK(weights.scalar_type() == at::kFloat ||
                   weights.scalar_type() == values.scalar_type(),
               op, ": weights must be float32 or the values' dtype (", values.scalar_type(),
@@ -45,10 +42,6 @@ at::Tensor check_inputs(const char* op, const at::Tensor& values, const at::Tens
               ": values must have unit stride along its last dimension; got strides ",
               values.strides(), " (call .contiguous())");
   return weights.to(acc_dtype(values.scalar_type())).contiguous();
-}
-
-int64_t row_stride(const at::Tensor& values) {
-  return values.size(0) > 1 ? values.stride(0) : values.size(1);
 }
 
 // Names the first index outside [0, N) in an error. Only reached on failure.
@@ -202,9 +195,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
   return {rows, row_grads, grad_w.to(weights.scalar_type())};
 }
 
-at::Tensor embedding_bag_backward_apply(const at::Tensor& grad_out_in, const at::Tensor& values,
-                                        const at::Tensor& indices_in, const at::Tensor& weights,
-                                        const mk_row_update& update, Backend be) {
+at::Tensor embedding_bag_backward_update(const at::Tensor& grad_out_in, const at::Tensor& values,
+                                         const at::Tensor& indices_in, const at::Tensor& weights,
+                                         const c10::optional<at::Tensor>& state1,
+                                         const c10::optional<at::Tensor>& state2,
+                                         const UpdateSpec& spec, Backend be) {
+  const mk_row_update update = make_update(values, state1, state2, spec);
+  if (be.device == MK_CUDA) {
+    // CUDA: the row gradients go to an fp32 [U, D] buffer, then the update
+    // kernel runs on those rows.
+    at::Tensor rows, row_grads, grad_weights;
+    std::tie(rows, row_grads, grad_weights) =
+        embedding_bag_backward_sparse(grad_out_in, values, indices_in, weights, be, /*acc_grads=*/true);
+    apply_row_update(values, rows, row_grads, update, be);
+    return grad_weights;
+  }
+  // CPU: each row is updated as the segment reduction finishes it; the row
+  // gradient is never written.
   at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
   at::Tensor indices = indices_in.contiguous();
   at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);
@@ -217,36 +224,6 @@ at::Tensor embedding_bag_backward_apply(const at::Tensor& grad_out_in, const at:
                                                 be.stream),
                kBwd);
   return grad_w;
-}
-
-namespace {
-
-constexpr Backend kCpu{MK_CPU, nullptr};
-
-at::Tensor forward_cpu(const at::Tensor& values, const at::Tensor& indices,
-                       const at::Tensor& weights, bool /*sparse*/, bool check_indices) {
-  return embedding_bag_forward(values, indices, weights, check_indices, kCpu);
-}
-
-std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out, const at::Tensor& values,
-                                                const at::Tensor& indices,
-                                                const at::Tensor& weights) {
-  return embedding_bag_backward(grad_out, values, indices, weights, kCpu);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_sparse_cpu(const at::Tensor& grad_out,
-                                                                   const at::Tensor& values,
-                                                                   const at::Tensor& indices,
-                                                                   const at::Tensor& weights) {
-  return embedding_bag_backward_sparse(grad_out, values, indices, weights, kCpu);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(memkernels, CPU, m) {
-  m.impl("embedding_bag", &forward_cpu);
-  m.impl("embedding_bag_backward", &backward_cpu);
-  m.impl("embedding_bag_backward_sparse", &backward_sparse_cpu);
 }
 
 }  // namespace mkt

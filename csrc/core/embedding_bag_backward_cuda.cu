@@ -1,5 +1,5 @@
-// CUDA kernels of the weighted embedding bag: forward, and the atomic-free,
-// deterministic backward (docs/embedding_bag.md):
+// CUDA backward of the weighted embedding bag, atomic-free and deterministic
+// (docs/embedding_bag.md):
 //   plan:   CUB stable radix sort of (row, pair) over ceil(log2 N) bits,
 //           run-length segments, chunk and partial offsets, the hot list;
 //   reduce: a warp per chunk of at most C pairs (a short segment is one chunk)
@@ -7,187 +7,29 @@
 //           once per chunk, every pair's weight gradient <grad_out[t], V[r]>;
 //           split (hot) segments leave partial rows that a second kernel adds
 //           in chunk order. No atomics: every output element has one writer.
-#include <cstring>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_run_length_encode.cuh>
 #include <cub/device/device_scan.cuh>
+#include <cstring>
 #include <type_traits>
 
-#include "cuda_common.cuh"
-#include "embedding_bag.h"
+#include "cuda_internal.cuh"
+#include "embedding_bag_internal.h"
 
 namespace mk {
 namespace {
 
-constexpr int kWarpsPerBlock = 4;
-constexpr int kBlockThreads = 32 * kWarpsPerBlock;
-
-using cuda::Acc;
-using cuda::from_acc;
+using cuda::can_vectorize;
+using cuda::kBlockThreads;
 using cuda::kFullMask;
+using cuda::kWarpsPerBlock;
+using cuda::load_vec;
 using cuda::sm_count;
-using cuda::to_acc;
+using cuda::store_vec;
+using cuda::warp_grid;
 using cuda::warp_sum;
 
-// VEC consecutive elements: one 16-byte access when VEC * sizeof(V) == 16
-// (the caller guarantees alignment), else VEC scalar accesses.
-template <class V, int VEC, class A>
-__device__ __forceinline__ void load_vec(const V* __restrict__ p, A (&out)[VEC]) {
-  if constexpr (VEC * sizeof(V) == 16) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
-    V tmp[VEC];
-    memcpy(tmp, &raw, 16);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) out[e] = to_acc(tmp[e]);
-  } else {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) out[e] = to_acc(p[e]);
-  }
-}
-
-template <class V, int VEC, class A>
-__device__ __forceinline__ void store_vec(V* __restrict__ p, const A (&in)[VEC]) {
-  if constexpr (VEC * sizeof(V) == 16) {
-    V tmp[VEC];
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) tmp[e] = from_acc<V>(in[e]);
-    uint4 raw;
-    memcpy(&raw, tmp, 16);
-    *reinterpret_cast<uint4*>(p) = raw;
-  } else {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) p[e] = from_acc<V>(in[e]);
-  }
-}
-
-// Blocks for a grid-stride warp loop over `work` warp items: at most one
-// resident wave (16 blocks of 128 threads per SM).
-unsigned warp_grid(int64_t work) {
-  const int64_t wanted = (work + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  const int64_t cap = int64_t(sm_count()) * 16;
-  return unsigned(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
-}
-
-// ---- forward ----------------------------------------------------------------
-
-template <class V, class I>
-struct FwdParams {
-  const V* values;
-  const I* indices;
-  const typename Acc<V>::type* weights;
-  V* out;
-  int32_t* error_flag;
-  int64_t N, D, T, B, stride;
-};
-
-// A warp per (bag, column tile of 32 * NV * VEC columns); each lane keeps
-// NV * VEC fp32 sums. The bag's indices and weights are read 32 at a time and
-// broadcast with shuffles.
-template <class V, class I, int VEC, int NV>
-__global__ void __launch_bounds__(kBlockThreads) eb_forward_kernel(FwdParams<V, I> p) {
-  using A = typename Acc<V>::type;
-  constexpr int64_t kTile = 32 * NV * VEC;
-  const int lane = threadIdx.x & 31;
-  const int64_t tiles = (p.D + kTile - 1) / kTile;
-  const int64_t items = p.T * tiles;
-  const int64_t stride_w = int64_t(gridDim.x) * kWarpsPerBlock;
-  for (int64_t w = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5); w < items;
-       w += stride_w) {
-    const int64_t t = w / tiles;
-    const int64_t col0 = (w - t * tiles) * kTile;
-    A acc[NV][VEC];
-#pragma unroll
-    for (int k = 0; k < NV; ++k)
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[k][e] = A(0);
-
-    const I* bag = p.indices + t * p.B;
-    const A* bw = p.weights + t * p.B;
-    for (int64_t j0 = 0; j0 < p.B; j0 += 32) {
-      int64_t my_row = -1;
-      A my_w = A(0);
-      if (j0 + lane < p.B) {
-        const int64_t r = int64_t(bag[j0 + lane]);
-        my_w = bw[j0 + lane];
-        if (r >= 0 && r < p.N) {
-          my_row = r;
-        } else if (p.error_flag) {
-          *p.error_flag = 1;  // every writer stores the same value
-        }
-      }
-      const int n = int(p.B - j0 < 32 ? p.B - j0 : 32);
-#pragma unroll 4
-      for (int jj = 0; jj < n; ++jj) {
-        const int64_t r = __shfl_sync(kFullMask, my_row, jj);
-        const A wj = __shfl_sync(kFullMask, my_w, jj);
-        if (r < 0) continue;  // bad index: its term is skipped, never read
-        const V* row = p.values + r * p.stride + col0;
-#pragma unroll
-        for (int k = 0; k < NV; ++k) {
-          const int64_t c = (int64_t(k) * 32 + lane) * VEC;
-          if (col0 + c < p.D) {
-            A x[VEC];
-            load_vec<V, VEC>(row + c, x);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) acc[k][e] += wj * x[e];
-          }
-        }
-      }
-    }
-    V* out = p.out + t * p.D + col0;
-#pragma unroll
-    for (int k = 0; k < NV; ++k) {
-      const int64_t c = (int64_t(k) * 32 + lane) * VEC;
-      if (col0 + c < p.D) store_vec<V, VEC>(out + c, acc[k]);
-    }
-  }
-}
-
-// 16-byte vectors when every row start is 16-byte aligned; else scalars.
-template <class V>
-bool can_vectorize(int64_t D, std::initializer_list<std::pair<const void*, int64_t>> rows) {
-  constexpr int64_t vec = 16 / sizeof(V);
-  if (D % vec != 0) return false;
-  for (auto& pr : rows) {
-    if (reinterpret_cast<uintptr_t>(pr.first) % 16 != 0) return false;
-    if (pr.second % vec != 0) return false;
-  }
-  return true;
-}
-
-template <class V, class I, int VEC, int NV>
-mk_status launch_forward(const FwdParams<V, I>& p, cudaStream_t stream) {
-  constexpr int64_t kTile = 32 * NV * VEC;
-  const int64_t items = p.T * ((p.D + kTile - 1) / kTile);
-  eb_forward_kernel<V, I, VEC, NV><<<warp_grid(items), kBlockThreads, 0, stream>>>(p);
-  MK_LAUNCH_CHECK();
-  return MK_OK;
-}
-
-template <class V, class I>
-mk_status forward(const mk_embedding_bag_fwd_args& a, cudaStream_t stream) {
-  FwdParams<V, I> p;
-  p.values = static_cast<const V*>(a.values);
-  p.indices = static_cast<const I*>(a.indices);
-  p.weights = static_cast<const typename Acc<V>::type*>(a.weights);
-  p.out = static_cast<V*>(a.out);
-  p.error_flag = a.check_indices ? a.error_flag : nullptr;
-  p.N = a.num_rows;
-  p.D = a.dim;
-  p.T = a.num_bags;
-  p.B = a.bag_size;
-  p.stride = a.values_row_stride;
-  constexpr int VEC = int(16 / sizeof(V));
-  const bool vec = can_vectorize<V>(p.D, {{p.values, p.stride}, {p.out, p.D}});
-  if (vec) {
-    if (p.D <= 64 * VEC) return launch_forward<V, I, VEC, 1>(p, stream);
-    return launch_forward<V, I, VEC, 4>(p, stream);
-  }
-  if (p.D <= 64) return launch_forward<V, I, 1, 1>(p, stream);
-  return launch_forward<V, I, 1, 4>(p, stream);
-}
-
-// ---- backward: plan -----------------------------------------------------------
+// ---- plan ------------------------------------------------------------------
 
 __global__ void iota_kernel(int32_t* out, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -218,10 +60,8 @@ __global__ void hot_list_kernel(const int32_t* hot_flags, const int32_t* hot_off
 }
 
 __global__ void finalize_counters_kernel(int32_t* counters, const int32_t* chunk_offsets,
-                                         const int32_t* partial_offsets,
                                          const int32_t* hot_offsets, int64_t P) {
   counters[kNumChunks] = chunk_offsets[P];
-  counters[kNumPartials] = partial_offsets[P];
   counters[kNumHot] = hot_offsets[P];
 }
 
@@ -311,17 +151,16 @@ mk_status plan(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspaceLa
                                             stream));
   hot_list_kernel<<<elementwise_grid(P), 256, 0, stream>>>(hot_flags, hot_offsets, P, hot_list);
   MK_LAUNCH_CHECK();
-  finalize_counters_kernel<<<1, 1, 0, stream>>>(counters, chunk_offsets, partial_offsets,
-                                                hot_offsets, P);
+  finalize_counters_kernel<<<1, 1, 0, stream>>>(counters, chunk_offsets, hot_offsets, P);
   MK_LAUNCH_CHECK();
   return MK_OK;
 }
 
-// ---- backward: reduce -------------------------------------------------------------
+// ---- reduce ----------------------------------------------------------------
 
 template <class V, class K>
 struct BwdParams {
-  using A = typename Acc<V>::type;
+  using A = acc_t<V>;
   const V* values;
   const A* weights;
   const V* grad_out;
@@ -354,7 +193,7 @@ __device__ __forceinline__ V* row_dest(const BwdParams<V, K>& p, int32_t s) {
 // A warp per chunk, grid-stride over the chunks the plan counted.
 template <class V, class K, int VEC, int NV>
 __global__ void __launch_bounds__(kBlockThreads) eb_backward_chunks_kernel(BwdParams<V, K> p) {
-  using A = typename Acc<V>::type;
+  using A = acc_t<V>;
   constexpr int64_t kTile = 32 * NV * VEC;
   const int lane = threadIdx.x & 31;
   const int32_t n_unique = p.counters[kNumUnique];
@@ -457,7 +296,7 @@ __global__ void __launch_bounds__(kBlockThreads) eb_backward_chunks_kernel(BwdPa
 // column block, blockIdx.y strides over the hot list.
 template <class V, class K>
 __global__ void eb_backward_combine_kernel(BwdParams<V, K> p) {
-  using A = typename Acc<V>::type;
+  using A = acc_t<V>;
   const int32_t n_hot = p.counters[kNumHot];
   const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= p.D) return;
@@ -486,7 +325,7 @@ template <class V, class I>
 mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspaceLayout& l,
                  cudaStream_t stream) {
   using K = typename std::make_unsigned<I>::type;
-  using A = typename Acc<V>::type;
+  using A = acc_t<V>;
   const int64_t P = a.num_bags * a.bag_size;
   if (a.grad_values)
     MK_CUDA_TRY(cudaMemsetAsync(a.grad_values, 0,
@@ -540,24 +379,7 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   return MK_OK;
 }
 
-template <class F>
-mk_status dispatch_index(mk_index_dtype t, F&& f) {
-  switch (t) {
-    case MK_I32: return f(int32_t{});
-    case MK_I64: return f(int64_t{});
-  }
-  return MK_ERR_UNSUPPORTED;
-}
-
 }  // namespace
-
-mk_status eb_forward_cuda(const mk_embedding_bag_fwd_args& a, void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
-  return cuda::dispatch_value(a.value_dtype, [&](auto v) {
-    using V = decltype(v);
-    return dispatch_index(a.index_dtype, [&](auto i) { return forward<V, decltype(i)>(a, s); });
-  });
-}
 
 mk_status eb_backward_scratch_cuda(const mk_embedding_bag_bwd_args& a, size_t* bytes) {
   const int64_t P = a.num_bags * a.bag_size;
@@ -587,7 +409,7 @@ mk_status eb_backward_count_cuda(const char* ws, const EbWorkspaceLayout& l, voi
 mk_status eb_backward_reduce_cuda(const mk_embedding_bag_bwd_args& a, char* ws,
                                   const EbWorkspaceLayout& l, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  return cuda::dispatch_value(a.value_dtype, [&](auto v) {
+  return dispatch_value(a.value_dtype, [&](auto v) {
     using V = decltype(v);
     return dispatch_index(a.index_dtype, [&](auto i) { return reduce<V, decltype(i)>(a, ws, l, s); });
   });

@@ -10,14 +10,11 @@
 //   grad_query = embedding-bag forward over key rows,
 //   grad_keys  = embedding-bag backward (atomic-free, deterministic) with the
 //                query halves as grad_out.
-#include "pk_topk.h"
-
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/library.h>
 
-#include "../core/pk_topk.h"
-#include "embedding_bag.h"
+#include "checks.h"
+#include "ops.h"
 
 namespace mkt {
 
@@ -29,8 +26,7 @@ constexpr const char* kBwd = "memkernels.pk_topk_backward";
 void check_query_keys(const char* op, const at::Tensor& query, const at::Tensor& keys) {
   check_dim(op, query, "query", 3, "[T, H, Dk]");
   check_dim(op, keys, "keys", 4, "[H, 2, n_keys, Dk/2]");
-  TORCH_CHECK(is_value_dtype(query.scalar_type()), op,
-              ": query must be float32, float16, bfloat16 or float64; got ", query.scalar_type());
+  check_value_dtype(op, query, "query");
   TORCH_CHECK(keys.scalar_type() == query.scalar_type(), op,
               ": query and keys must have the same dtype; got ", query.scalar_type(), " and ",
               keys.scalar_type());
@@ -43,8 +39,8 @@ void check_query_keys(const char* op, const at::Tensor& query, const at::Tensor&
   TORCH_CHECK(keys.size(0) == H && keys.size(1) == 2 && keys.size(3) == Dk / 2, op,
               ": keys must have shape [H=", H, ", 2, n_keys, Dk/2=", Dk / 2, "] for query of shape ",
               query.sizes(), "; got ", keys.sizes());
-  TORCH_CHECK(keys.size(2) >= 1 && keys.size(2) <= mk::kPkMaxKeys, op,
-              ": n_keys must be in [1, ", mk::kPkMaxKeys, "]; got ", keys.size(2));
+  TORCH_CHECK(keys.size(2) >= 1 && keys.size(2) <= MK_PK_MAX_KEYS, op,
+              ": n_keys must be in [1, ", MK_PK_MAX_KEYS, "]; got ", keys.size(2));
 }
 
 at::ScalarType compute_dtype(const at::Tensor& query) {
@@ -74,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor> pk_topk_forward(const at::Tensor& query, cons
   const int64_t half = Dk / 2;
   TORCH_CHECK(k >= 1 && k <= n, kFwd, ": k must be in [1, n_keys=", n, "]; got ", k);
   if (be.device == MK_CUDA)
-    TORCH_CHECK(k <= mk::kPkMaxKCuda, kFwd, ": k must be at most ", mk::kPkMaxKCuda,
+    TORCH_CHECK(k <= MK_PK_MAX_K_CUDA, kFwd, ": k must be at most ", MK_PK_MAX_K_CUDA,
                 " on CUDA; got ", k);
   TORCH_CHECK(impl == "auto" || impl == "staged" || impl == "fused", kFwd,
               ": impl must be 'auto', 'staged' or 'fused'; got '", std::string(impl), "'");
@@ -84,9 +80,9 @@ std::tuple<at::Tensor, at::Tensor> pk_topk_forward(const at::Tensor& query, cons
   if (impl == "fused") {
     const bool half_precision =
         query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
-    TORCH_CHECK(be.device == MK_CUDA && half_precision && k <= mk::kPkFusedMaxK, kFwd,
+    TORCH_CHECK(be.device == MK_CUDA && half_precision && k <= MK_PK_FUSED_MAX_K, kFwd,
                 ": impl='fused' needs CUDA tensors, float16 or bfloat16 inputs and k <= ",
-                mk::kPkFusedMaxK, "; got ", query.device(), ", ", query.scalar_type(), ", k=", k);
+                MK_PK_FUSED_MAX_K, "; got ", query.device(), ", ", query.scalar_type(), ", k=", k);
   }
   if (T == 0 || H == 0) return {scores.to(comp), indices};
   if (impl == "fused") {
@@ -176,28 +172,6 @@ std::tuple<at::Tensor, at::Tensor> pk_topk_backward(const at::Tensor& grad_score
                                                             /*want_grad_weights=*/false))
                              .view(keys.sizes());
   return {grad_query, grad_keys};
-}
-
-namespace {
-
-constexpr Backend kCpu{MK_CPU, nullptr};
-
-std::tuple<at::Tensor, at::Tensor> forward_cpu(const at::Tensor& query, const at::Tensor& keys,
-                                               int64_t k, c10::string_view impl) {
-  return pk_topk_forward(query, keys, k, impl, kCpu);
-}
-
-std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_scores,
-                                                const at::Tensor& query, const at::Tensor& keys,
-                                                const at::Tensor& indices) {
-  return pk_topk_backward(grad_scores, query, keys, indices, kCpu);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(memkernels, CPU, m) {
-  m.impl("pk_topk", &forward_cpu);
-  m.impl("pk_topk_backward", &backward_cpu);
 }
 
 }  // namespace mkt

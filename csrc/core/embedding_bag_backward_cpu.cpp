@@ -1,277 +1,24 @@
-// CPU kernels of the weighted embedding bag: forward, and the atomic-free
-// backward (LSD radix sort of the pairs by row over ceil(log2 N) bits,
-// run-length segments, chunked segment reduction with the weights' gradient in
-// the same pass). Results do not depend on the thread count.
+// CPU backward of the weighted embedding bag, atomic-free (docs/embedding_bag.md):
+// plan   LSD radix sort of the pairs by row over ceil(log2 N) bits
+//        (radix_sort_cpu.cpp), run-length segments, chunk and partial offsets;
+// reduce chunked segment reduction with the weights' gradient in the same
+//        pass, hot segments' partial rows combined in chunk order; with an
+//        optimizer update, each finished row is applied to the table instead
+//        of being written.
+// Results do not depend on the thread count.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include "cpu_types.h"
-#include "embedding_bag.h"
-#include "row_update_cpu.h"
-
-// Row loops are compiled for several x86-64 levels and picked at load time,
-// so one binary uses AVX-512 or AVX2 where the machine has it.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(MK_NO_CLONES)
-#define MK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MK_CLONES
-#endif
+#include "cpu_internal.h"
+#include "embedding_bag_internal.h"
+#include "row_update_internal.h"
 
 namespace mk {
 namespace {
 
-int resolve_threads(int requested) {
-#ifdef _OPENMP
-  return requested > 0 ? requested : omp_get_max_threads();
-#else
-  (void)requested;
-  return 1;
-#endif
-}
-
-bool wide_vectors() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512;
-#else
-  return false;
-#endif
-}
-
-// ---- row primitives (inlined into the cloned loops below) -----------------
-
-#define MK_INLINE inline __attribute__((always_inline))
-
-template <class V, class A>
-MK_INLINE void axpy_row(A* __restrict acc, const V* __restrict x, A w, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) acc[i] += w * to_acc(x[i]);
-}
-
-template <class V, class A>
-MK_INLINE void store_row(V* __restrict dst, const A* __restrict src, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] = from_acc<V, A>(src[i]);
-}
-
-template <class A>
-MK_INLINE void add_row(A* __restrict acc, const A* __restrict x, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) acc[i] += x[i];
-}
-
-// First flat position holding an index outside [0, N), or -1.
-template <class I>
-int64_t first_bad_index(const I* idx, int64_t count, int64_t num_rows, int threads) {
-  int64_t first = -1;
-#pragma omp parallel num_threads(threads)
-  {
-    int64_t mine = -1;
-#pragma omp for schedule(static) nowait
-    for (int64_t i = 0; i < count; ++i) {
-      if ((idx[i] < 0 || int64_t(idx[i]) >= num_rows) && mine < 0) mine = i;
-    }
-#pragma omp critical
-    {
-      if (mine >= 0 && (first < 0 || mine < first)) first = mine;
-    }
-  }
-  return first;
-}
-
-// ---- forward --------------------------------------------------------------
-
-// Rows are gathered at random, so the hardware prefetcher cannot see them
-// coming: request the first kPrefetchRowBytes of the row `ahead` pairs later.
-constexpr int64_t kPrefetchRowBytes = 4096;
-
-inline int64_t prefetch_distance(int64_t row_bytes) {
-  return std::max<int64_t>(1, std::min<int64_t>(16, 16384 / std::max<int64_t>(row_bytes, 1)));
-}
-
-template <class V, class I>
-MK_INLINE void prefetch_row(const V* values, I r, int64_t N, int64_t stride, int64_t bytes) {
-  if (r < 0 || int64_t(r) >= N) return;
-  const char* p = reinterpret_cast<const char*>(values + int64_t(r) * stride);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
-}
-
-template <class V, class I>
-struct FwdView {
-  using A = typename acc_of<V>::type;
-  const V* values;
-  const I* idx;
-  const A* w;
-  V* out;
-  int64_t N, D, T, B, stride, row_bytes, ahead;
-};
-
-// One bag's sum over columns [c0, c0 + W) with the W sums held in registers
-// (W is a compile-time width), written straight to out.
-template <int W, class V, class I, class A>
-MK_INLINE void bag_tile(const FwdView<V, I>& f, int64_t t, int64_t c0) {
-  A acc[W];
-#pragma omp simd
-  for (int i = 0; i < W; ++i) acc[i] = A(0);
-  const int64_t P = f.T * f.B;
-  constexpr int kLine = int(64 / sizeof(V));
-  for (int64_t j = 0; j < f.B; ++j) {
-    const int64_t p = t * f.B + j;
-    if (p + f.ahead < P) {
-      // Prefetch this tile's columns of a later pair's row (unrolled: W is
-      // a constant), so no separate prefetch loop runs per row.
-      const int64_t rn = int64_t(f.idx[p + f.ahead]);
-      if (rn >= 0 && rn < f.N) {
-        const V* nx = f.values + rn * f.stride + c0;
-#pragma GCC unroll 64
-        for (int k = 0; k < W; k += kLine) __builtin_prefetch(nx + k);
-      }
-    }
-    const int64_t r = int64_t(f.idx[p]);
-    if (r < 0 || r >= f.N) continue;  // never read outside the table
-    const V* __restrict x = f.values + r * f.stride + c0;
-    const A w = f.w[p];
-#pragma omp simd
-    for (int i = 0; i < W; ++i) acc[i] += w * to_acc(x[i]);
-  }
-  V* __restrict o = f.out + t * f.D + c0;
-#pragma omp simd
-  for (int i = 0; i < W; ++i) o[i] = from_acc<V, A>(acc[i]);
-}
-
-// Bags [t0, t1): column tiles of kTile in registers, then the remainder
-// through a D-long scratch row.
-template <int kTile, class V, class I, class A>
-MK_CLONES void forward_bags(const FwdView<V, I>& f, A* __restrict acc, int64_t t0, int64_t t1) {
-  const int64_t full = f.D / kTile * kTile;
-  const int64_t rest = f.D - full;
-  const int64_t P = f.T * f.B;
-  for (int64_t t = t0; t < t1; ++t) {
-    for (int64_t c0 = 0; c0 < full; c0 += kTile) bag_tile<kTile, V, I, A>(f, t, c0);
-    if (rest == 0) continue;
-    std::fill(acc, acc + rest, A(0));
-    for (int64_t j = 0; j < f.B; ++j) {
-      const int64_t p = t * f.B + j;
-      if (full == 0 && p + f.ahead < P)
-        prefetch_row(f.values, f.idx[p + f.ahead], f.N, f.stride, f.row_bytes);
-      const int64_t r = int64_t(f.idx[p]);
-      if (r < 0 || r >= f.N) continue;
-      axpy_row(acc, f.values + r * f.stride + full, f.w[p], rest);
-    }
-    store_row(f.out + t * f.D + full, acc, rest);
-  }
-}
-
-template <class V, class I>
-mk_status forward(const mk_embedding_bag_fwd_args& a) {
-  using A = typename acc_of<V>::type;
-  const V* values = static_cast<const V*>(a.values);
-  const I* idx = static_cast<const I*>(a.indices);
-  const A* w = static_cast<const A*>(a.weights);
-  V* out = static_cast<V*>(a.out);
-  const int64_t N = a.num_rows, D = a.dim, T = a.num_bags, B = a.bag_size;
-  const int64_t stride = a.values_row_stride;
-  const int threads = resolve_threads(a.num_threads);
-
-  if (a.check_indices) {
-    int64_t bad = first_bad_index(idx, T * B, N, threads);
-    if (bad >= 0) {
-      if (a.bad_position) *a.bad_position = bad;
-      return MK_ERR_INDEX_OUT_OF_RANGE;
-    }
-  }
-
-  FwdView<V, I> f{values, idx, w, out, N, D, T, B, stride, 0, 0};
-  f.row_bytes = std::min<int64_t>(D * int64_t(sizeof(V)), kPrefetchRowBytes);
-  f.ahead = prefetch_distance(f.row_bytes);
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<A> acc(static_cast<size_t>(D));
-#ifdef _OPENMP
-    const int64_t nt = omp_get_num_threads(), me = omp_get_thread_num();
-#else
-    const int64_t nt = 1, me = 0;
-#endif
-    // Column tiles held in registers: 16 AVX-512 vectors, or 8 AVX2 ones,
-    // enough independent accumulators to hide the FMA latency.
-    if (wide_vectors())
-      forward_bags<256>(f, acc.data(), T * me / nt, T * (me + 1) / nt);
-    else
-      forward_bags<64>(f, acc.data(), T * me / nt, T * (me + 1) / nt);
-  }
-  return MK_OK;
-}
-
-// ---- backward: plan -------------------------------------------------------
-
-// Stable LSD radix sort of (key, pair id) over the low `bits` bits. The first
-// pass reads the keys straight from `keys_in` with implicit pair ids 0..P-1;
-// the result lands in (keys_out, pairs_out); (keys_tmp, pairs_tmp) alternate.
-// Each pass splits the input into one contiguous block per thread: per-block
-// histograms, then every block scatters from its own offsets (bucket-major,
-// block-minor), which keeps the sort stable for any thread count.
-template <class K>
-void radix_sort_pairs(const K* keys_in, int64_t P, int bits, K* keys_out, int32_t* pairs_out,
-                      K* keys_tmp, int32_t* pairs_tmp, int threads) {
-  const int passes = (bits + 10) / 11;
-  const int width = (bits + passes - 1) / passes;
-  const size_t buckets = size_t(1) << width;
-  const K mask = K(buckets - 1);
-  const int blocks = int(std::max<int64_t>(1, std::min<int64_t>(threads, P / 65536)));
-  std::vector<int64_t> hist(buckets * size_t(blocks));
-
-  // Choose the first destination so the last pass writes keys_out.
-  K* dst_k = (passes % 2 == 1) ? keys_out : keys_tmp;
-  int32_t* dst_p = (passes % 2 == 1) ? pairs_out : pairs_tmp;
-  K* oth_k = (passes % 2 == 1) ? keys_tmp : keys_out;
-  int32_t* oth_p = (passes % 2 == 1) ? pairs_tmp : pairs_out;
-  const K* src_k = keys_in;
-  const int32_t* src_p = nullptr;
-
-  for (int pass = 0; pass < passes; ++pass) {
-    const int shift = pass * width;
-#pragma omp parallel num_threads(blocks)
-    {
-#ifdef _OPENMP
-      const int b = omp_get_thread_num();
-#else
-      const int b = 0;
-#endif
-      const int64_t lo = P * b / blocks, hi = P * (b + 1) / blocks;
-      int64_t* h = hist.data() + size_t(b) * buckets;
-      std::fill(h, h + buckets, 0);
-      for (int64_t i = lo; i < hi; ++i) ++h[size_t((src_k[i] >> shift) & mask)];
-#pragma omp barrier
-#pragma omp single
-      {
-        int64_t sum = 0;
-        for (size_t d = 0; d < buckets; ++d)
-          for (int t = 0; t < blocks; ++t) {
-            int64_t& c = hist[size_t(t) * buckets + d];
-            const int64_t n = c;
-            c = sum;
-            sum += n;
-          }
-      }
-      for (int64_t i = lo; i < hi; ++i) {
-        const K k = src_k[i];
-        const int64_t at = h[size_t((k >> shift) & mask)]++;
-        dst_k[at] = k;
-        dst_p[at] = src_p ? src_p[i] : int32_t(i);
-      }
-    }
-    src_k = dst_k;
-    src_p = dst_p;
-    std::swap(dst_k, oth_k);
-    std::swap(dst_p, oth_p);
-  }
-}
+// ---- plan ------------------------------------------------------------------
 
 template <class I>
 mk_status plan(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspaceLayout& l) {
@@ -320,16 +67,15 @@ mk_status plan(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspaceLa
   int32_t* counters = reinterpret_cast<int32_t*>(ws + l.counters);
   counters[kNumUnique] = n_unique;
   counters[kNumChunks] = chunks;
-  counters[kNumPartials] = partials;
   counters[kNumHot] = hot;
   return MK_OK;
 }
 
-// ---- backward: reduce -----------------------------------------------------
+// ---- reduce ----------------------------------------------------------------
 
 template <class V, class K>
 struct ReduceView {
-  using A = typename acc_of<V>::type;
+  using A = acc_t<V>;
   const V* values;
   const A* weights;
   const V* grad_out;
@@ -491,7 +237,7 @@ MK_CLONES void combine_columns(const ReduceView<V, K>& r, A* __restrict acc, int
 
 template <class V, class I>
 mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspaceLayout& l) {
-  using A = typename acc_of<V>::type;
+  using A = acc_t<V>;
   using K = typename std::make_unsigned<I>::type;
   const int64_t D = a.dim, N = a.num_rows;
   const int threads = resolve_threads(a.num_threads);
@@ -580,13 +326,6 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
 
 }  // namespace
 
-mk_status eb_forward_cpu(const mk_embedding_bag_fwd_args& a) {
-  return dispatch_value_dtype(a.value_dtype, [&](auto v) {
-    using V = decltype(v);
-    return dispatch_index_dtype(a.index_dtype, [&](auto i) { return forward<V, decltype(i)>(a); });
-  });
-}
-
 size_t eb_backward_scratch_cpu(const mk_embedding_bag_bwd_args& a) {
   const size_t P = size_t(a.num_bags) * size_t(a.bag_size);
   return align256(index_size(a.index_dtype) * P) + align256(sizeof(int32_t) * P);
@@ -594,14 +333,14 @@ size_t eb_backward_scratch_cpu(const mk_embedding_bag_bwd_args& a) {
 
 mk_status eb_backward_plan_cpu(const mk_embedding_bag_bwd_args& a, char* ws,
                                const EbWorkspaceLayout& l) {
-  return dispatch_index_dtype(a.index_dtype, [&](auto i) { return plan<decltype(i)>(a, ws, l); });
+  return dispatch_index(a.index_dtype, [&](auto i) { return plan<decltype(i)>(a, ws, l); });
 }
 
 mk_status eb_backward_reduce_cpu(const mk_embedding_bag_bwd_args& a, char* ws,
                                  const EbWorkspaceLayout& l) {
-  return dispatch_value_dtype(a.value_dtype, [&](auto v) {
+  return dispatch_value(a.value_dtype, [&](auto v) {
     using V = decltype(v);
-    return dispatch_index_dtype(a.index_dtype, [&](auto i) { return reduce<V, decltype(i)>(a, ws, l); });
+    return dispatch_index(a.index_dtype, [&](auto i) { return reduce<V, decltype(i)>(a, ws, l); });
   });
 }
 

@@ -6,11 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define MK_HD __host__ __device__ __forceinline__
-#else
-#define MK_HD inline
-#endif
+#include "dtypes_internal.h"
 
 namespace mk {
 

@@ -1,11 +1,12 @@
-// Internal (C++) side of the embedding-bag kernels: argument validation, the
+// Internal side of the embedding-bag kernels: argument validation, the
 // backward's workspace layout and chunking rule, shared by the CPU and CUDA
-// implementations. Torch-free.
+// implementations, and their entry points. Torch-free.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "dtypes_internal.h"
 #include "memkernels.h"
 
 namespace mk {
@@ -33,11 +34,8 @@ inline int eb_sort_bits(int64_t num_rows) {
   return bits;
 }
 
-inline size_t acc_size(mk_dtype t) { return t == MK_F64 ? 8 : 4; }
-inline size_t index_size(mk_index_dtype t) { return t == MK_I64 ? 8 : 4; }
-
 // Counters written by the plan into the workspace (int32: pairs < 2^31).
-enum EbCounter { kNumUnique = 0, kNumChunks = 1, kNumPartials = 2, kNumHot = 3, kNumCounters = 4 };
+enum EbCounter { kNumUnique = 0, kNumChunks = 1, kNumHot = 2, kNumCounters = 3 };
 
 // Byte offsets of the backward's buffers inside one workspace allocation.
 // P = T * B pairs. Every buffer is 256-byte aligned.
@@ -102,7 +100,7 @@ inline EbWorkspaceLayout eb_workspace_layout(const mk_embedding_bag_bwd_args& a,
 mk_status eb_check_fwd_args(const mk_embedding_bag_fwd_args* a);
 mk_status eb_check_bwd_args(const mk_embedding_bag_bwd_args* a);
 
-// CPU implementations (embedding_bag_cpu.cpp).
+// CPU implementations (embedding_bag_forward_cpu.cpp, embedding_bag_backward_cpu.cpp).
 mk_status eb_forward_cpu(const mk_embedding_bag_fwd_args& a);
 size_t eb_backward_scratch_cpu(const mk_embedding_bag_bwd_args& a);
 mk_status eb_backward_plan_cpu(const mk_embedding_bag_bwd_args& a, char* ws,
@@ -110,7 +108,8 @@ mk_status eb_backward_plan_cpu(const mk_embedding_bag_bwd_args& a, char* ws,
 mk_status eb_backward_reduce_cpu(const mk_embedding_bag_bwd_args& a, char* ws,
                                  const EbWorkspaceLayout& l);
 
-// CUDA implementations (embedding_bag_cuda.cu), present when built with CUDA.
+// CUDA implementations (embedding_bag_forward_cuda.cu,
+// embedding_bag_backward_cuda.cu), present when built with CUDA.
 mk_status eb_forward_cuda(const mk_embedding_bag_fwd_args& a, void* stream);
 mk_status eb_backward_scratch_cuda(const mk_embedding_bag_bwd_args& a, size_t* bytes);
 mk_status eb_backward_plan_cuda(const mk_embedding_bag_bwd_args& a, char* ws,

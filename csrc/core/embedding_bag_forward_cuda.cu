@@ -1,0 +1,134 @@
+// CUDA forward of the weighted embedding bag: a warp per (bag, column tile),
+// fp32 sums in registers, 16-byte loads where the rows are aligned.
+#include <cstdint>
+
+#include "cuda_internal.cuh"
+#include "embedding_bag_internal.h"
+
+namespace mk {
+namespace {
+
+using cuda::can_vectorize;
+using cuda::kBlockThreads;
+using cuda::kFullMask;
+using cuda::kWarpsPerBlock;
+using cuda::load_vec;
+using cuda::store_vec;
+using cuda::warp_grid;
+
+template <class V, class I>
+struct FwdParams {
+  const V* values;
+  const I* indices;
+  const acc_t<V>* weights;
+  V* out;
+  int32_t* error_flag;
+  int64_t N, D, T, B, stride;
+};
+
+// A warp per (bag, column tile of 32 * NV * VEC columns); each lane keeps
+// NV * VEC fp32 sums. The bag's indices and weights are read 32 at a time and
+// broadcast with shuffles.
+template <class V, class I, int VEC, int NV>
+__global__ void __launch_bounds__(kBlockThreads) eb_forward_kernel(FwdParams<V, I> p) {
+  using A = acc_t<V>;
+  constexpr int64_t kTile = 32 * NV * VEC;
+  const int lane = threadIdx.x & 31;
+  const int64_t tiles = (p.D + kTile - 1) / kTile;
+  const int64_t items = p.T * tiles;
+  const int64_t stride_w = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t w = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5); w < items;
+       w += stride_w) {
+    const int64_t t = w / tiles;
+    const int64_t col0 = (w - t * tiles) * kTile;
+    A acc[NV][VEC];
+#pragma unroll
+    for (int k = 0; k < NV; ++k)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[k][e] = A(0);
+
+    const I* bag = p.indices + t * p.B;
+    const A* bw = p.weights + t * p.B;
+    for (int64_t j0 = 0; j0 < p.B; j0 += 32) {
+      int64_t my_row = -1;
+      A my_w = A(0);
+      if (j0 + lane < p.B) {
+        const int64_t r = int64_t(bag[j0 + lane]);
+        my_w = bw[j0 + lane];
+        if (r >= 0 && r < p.N) {
+          my_row = r;
+        } else if (p.error_flag) {
+          *p.error_flag = 1;  // every writer stores the same value
+        }
+      }
+      const int n = int(p.B - j0 < 32 ? p.B - j0 : 32);
+#pragma unroll 4
+      for (int jj = 0; jj < n; ++jj) {
+        const int64_t r = __shfl_sync(kFullMask, my_row, jj);
+        const A wj = __shfl_sync(kFullMask, my_w, jj);
+        if (r < 0) continue;  // bad index: its term is skipped, never read
+        const V* row = p.values + r * p.stride + col0;
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+          const int64_t c = (int64_t(k) * 32 + lane) * VEC;
+          if (col0 + c < p.D) {
+            A x[VEC];
+            load_vec<V, VEC>(row + c, x);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[k][e] += wj * x[e];
+          }
+        }
+      }
+    }
+    V* out = p.out + t * p.D + col0;
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+      const int64_t c = (int64_t(k) * 32 + lane) * VEC;
+      if (col0 + c < p.D) store_vec<V, VEC>(out + c, acc[k]);
+    }
+  }
+}
+
+template <class V, class I, int VEC, int NV>
+mk_status launch_forward(const FwdParams<V, I>& p, cudaStream_t stream) {
+  constexpr int64_t kTile = 32 * NV * VEC;
+  const int64_t items = p.T * ((p.D + kTile - 1) / kTile);
+  eb_forward_kernel<V, I, VEC, NV><<<warp_grid(items), kBlockThreads, 0, stream>>>(p);
+  MK_LAUNCH_CHECK();
+  return MK_OK;
+}
+
+template <class V, class I>
+mk_status forward(const mk_embedding_bag_fwd_args& a, cudaStream_t stream) {
+  FwdParams<V, I> p;
+  p.values = static_cast<const V*>(a.values);
+  p.indices = static_cast<const I*>(a.indices);
+  p.weights = static_cast<const acc_t<V>*>(a.weights);
+  p.out = static_cast<V*>(a.out);
+  p.error_flag = a.check_indices ? a.error_flag : nullptr;
+  p.N = a.num_rows;
+  p.D = a.dim;
+  p.T = a.num_bags;
+  p.B = a.bag_size;
+  p.stride = a.values_row_stride;
+  constexpr int VEC = int(16 / sizeof(V));
+  const bool vec = can_vectorize<V>(p.D, {{p.values, p.stride}, {p.out, p.D}});
+  if (vec) {
+    if (p.D <= 64 * VEC) return launch_forward<V, I, VEC, 1>(p, stream);
+    return launch_forward<V, I, VEC, 4>(p, stream);
+  }
+  if (p.D <= 64) return launch_forward<V, I, 1, 1>(p, stream);
+  return launch_forward<V, I, 1, 4>(p, stream);
+}
+
+}  // namespace
+
+mk_status eb_forward_cuda(const mk_embedding_bag_fwd_args& a, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  return dispatch_value(a.value_dtype, [&](auto v) {
+    using V = decltype(v);
+    return dispatch_index(a.index_dtype, [&](auto i) { return forward<V, decltype(i)>(a, s); });
+  });
+}
+
+}  // namespace mk
