@@ -27,8 +27,8 @@ def prepared():
         key = (case_name, device)
         if key not in cache:
             cache.clear()  # one case's tensors at a time
-            values, batches = bench._inputs(CASES[case_name], torch.device(device), sets=3)
-            cache[key] = (values, bench._eb_impls(values, batches, CASES[case_name]))
+            values, batches = bench.make_inputs(CASES[case_name], torch.device(device), sets=3)
+            cache[key] = (values, bench.embedding_bag_impls(values, batches, CASES[case_name]))
         return cache[key]
 
     return get

@@ -65,7 +65,7 @@ def test_failing_case_is_reported_and_the_rest_still_run(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(bench, "bench_pk_topk", broken)
+    monkeypatch.setitem(bench.RUNNERS, bench.PKCase, broken)
     result = bench.main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--no-sweeps"])
     assert result["errors"] == ["pk_tiny: RuntimeError: kernel exploded"]
     ops = {r["op"] for r in result["results"]}

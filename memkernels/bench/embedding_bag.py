@@ -1,0 +1,112 @@
+"""Bench of memkernels.embedding_bag against F.embedding_bag (dense and
+sparse gradients) and the pure-PyTorch reference."""
+
+from __future__ import annotations
+
+import statistics
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+import memkernels
+from memkernels import reference
+
+from .cases import EBCase, embedding_bag_bytes
+from .harness import BUDGET_S, Row, add_speedups, make_row, peak_bytes, peak_reset, time_fn
+
+
+def make_inputs(case: EBCase, device, sets: int):
+    dtype = getattr(torch, case.dtype)
+    idt = getattr(torch, case.index_dtype)
+    g = torch.Generator(device=device).manual_seed(0)
+    values = torch.randn(case.N, case.D, generator=g, device=device, dtype=dtype)
+    batches = []
+    for _ in range(sets):
+        idx = torch.randint(0, case.N, (case.T, case.B), generator=g, device=device).to(idt)
+        w = torch.randn(case.T, case.B, generator=g, device=device)
+        gout = torch.randn(case.T, case.D, generator=g, device=device, dtype=dtype)
+        batches.append((idx, w, gout))
+    return values, batches
+
+
+def torch_computes_weights_grad(values) -> bool:
+    """False where PyTorch's embedding_bag has no backward for per-sample
+    weights (bfloat16 on CUDA): its rows then time the values' gradient only."""
+    return not (values.is_cuda and values.dtype == torch.bfloat16)
+
+
+def embedding_bag_impls(values, batches, case):
+    """forward and forward+backward callables per implementation."""
+    dtype = values.dtype
+
+    def ours(i, backward, sparse=False):
+        idx, w, gout = batches[i % len(batches)]
+        v = values.requires_grad_(backward)
+        ww = w.requires_grad_(backward)
+        out = memkernels.embedding_bag(v, idx, ww, sparse=sparse, check_indices=False)
+        if backward:
+            torch.autograd.grad(out, (v, ww), gout)
+        return out
+
+    # PyTorch's CUDA kernel has no bfloat16 backward for per-sample weights:
+    # there its rows compute the values' gradient only (less work than ours).
+    torch_grad_w = torch_computes_weights_grad(values)
+
+    def torch_op(i, backward, sparse=False):
+        idx, w, gout = batches[i % len(batches)]
+        v = values.requires_grad_(backward)
+        ww = w.detach().to(dtype).requires_grad_(backward and torch_grad_w)
+        out = F.embedding_bag(idx, v, mode="sum", per_sample_weights=ww, sparse=sparse)
+        if backward:
+            torch.autograd.grad(out, (v, ww) if torch_grad_w else (v,), gout)
+        return out
+
+    def ref(i, backward):
+        idx, w, gout = batches[i % len(batches)]
+        v = values.requires_grad_(backward)
+        ww = w.requires_grad_(backward)
+        out = reference.embedding_bag(v, idx, ww)
+        if backward:
+            torch.autograd.grad(out, (v, ww), gout)
+        return out
+
+    return {
+        "memkernels": lambda i, bw: ours(i, bw),
+        "memkernels_sparse": lambda i, bw: ours(i, bw, sparse=True),
+        "torch.F.embedding_bag": torch_op,
+        "torch.F.embedding_bag_sparse": lambda i, bw: torch_op(i, bw, sparse=True),
+        "reference": ref,
+    }
+
+
+def bench_embedding_bag(case: EBCase, device: torch.device, ceilings, reps: int, impls=None) -> List[Row]:
+    values, batches = make_inputs(case, device, sets=3)
+    elt = values.element_size()
+    idx_bytes = 8 if case.index_dtype == "int64" else 4
+    unique = int(statistics.mean(torch.unique(b[0]).numel() for b in batches))
+    rows: List[Row] = []
+    all_impls = embedding_bag_impls(values, batches, case)
+    for impl, fn in all_impls.items():
+        if impls and impl not in impls:
+            continue
+        for part, backward in (("forward", False), ("forward+backward", True)):
+            if impl.endswith("_sparse") and not backward:
+                continue
+            base = peak_reset(device)
+            try:
+                times = time_fn(lambda i: fn(i, backward), device, warmup=2, reps=reps, budget_s=BUDGET_S)
+            except torch.OutOfMemoryError:
+                continue
+            peak = peak_bytes(device, base)
+            nbytes = embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, idx_bytes, unique, "forward")
+            if backward:
+                bpart = "backward_sparse" if impl.endswith("_sparse") else "backward_dense"
+                nbytes += embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, idx_bytes, unique, bpart)
+            flops = 2 * case.T * case.B * case.D * (3 if backward else 1)
+            rows.append(make_row("embedding_bag", case, impl, part, device, times, nbytes, flops, ceilings, peak))
+            if backward and impl.startswith("torch.") and not torch_computes_weights_grad(values):
+                rows[-1].note = "values' gradient only: torch has no bf16 weights gradient on CUDA"
+    values.requires_grad_(False)
+    add_speedups(rows)
+    return rows
