@@ -61,10 +61,10 @@ def shared_libstdcxx_link_args():
     Some toolchains link libstdc++ statically into shared objects (a
     -static-libstdc++ in their specs). In a torch extension that puts a second
     C++ runtime into a process whose torch uses the shared one, and formatting
-    a number into an error message then crashes (seen on a GPU machine whose
-    g++ did this). Probe: link a tiny shared object with the compiler the
-    build uses; if it does not depend on libstdc++.so, name the shared
-    library explicitly, ahead of the driver's static one."""
+    a number into an error message then crashes. Probe: link a tiny shared
+    object with the compiler the build uses; if it does not depend on
+    libstdc++.so, name the shared library explicitly, ahead of the driver's
+    static one."""
     cxx = shlex.split(os.environ.get("CXX", "c++"))
     with tempfile.TemporaryDirectory() as d:
         src, out = os.path.join(d, "probe.cpp"), os.path.join(d, "probe.so")

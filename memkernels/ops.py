@@ -263,7 +263,7 @@ def pk_topk(query: Tensor, keys: Tensor, k: int, *, impl: str = "auto") -> Tuple
         keys: ``[H, 2, n_keys, Dk/2]``, the query's dtype and device;
             ``n_keys <= 65535``.
         k: ``1 <= k <= n_keys`` (at most 1024 on CUDA).
-        impl: ``"auto"`` (currently ``"staged"``), ``"staged"`` (library GEMM
+        impl: ``"auto"`` (picks ``"staged"``), ``"staged"`` (library GEMM
             for the half-scores, then the selection kernel) or ``"fused"``
             (one CUDA kernel, tensor-core half-scores never written to memory;
             float16/bfloat16 inputs, ``k <= 128``; exact, but slower than
