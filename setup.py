@@ -2,19 +2,19 @@
 
 CPU kernels are always built. CUDA kernels are built when torch is a CUDA
 build and a CUDA toolkit is found (CUDA_HOME, default /usr/local/cuda); the
-decision never depends on whether a GPU is visible. Environment switches:
+decision never depends on whether a GPU is visible. A CUDA build whose nvcc
+step fails fails the install: there is no silent fallback to CPU-only. The
+environment switches are in the README's table (Build switches).
 
-  MEMKERNELS_CUDA=0      CPU-only build
-  MEMKERNELS_CUDA=1      CUDA required: fail if it cannot be built
-  TORCH_CUDA_ARCH_LIST   honoured; default "8.0;9.0" when unset and no GPU is visible
-  MEMKERNELS_PTXAS_VERBOSE=1  print ptxas register/spill reports
-
-A CUDA build whose nvcc step fails fails the install: there is no silent
-fallback to CPU-only.
+A wheel is compiled against one torch's C++ ABI, so its version carries a
+local tag naming the CUDA and torch it was built with (0.1.0+cu130torch2.14,
+0.1.0+cputorch2.14) and it requires that torch series (torch>=2.14,<2.15). The
+sdist carries neither: installing it compiles against the torch at hand.
 """
 
 import glob
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -32,6 +32,8 @@ from torch.utils import cpp_extension  # noqa: E402
 
 VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# setuptools.build_meta runs this file with the command in argv.
+BUILDING_SDIST = "sdist" in sys.argv
 
 
 def want_cuda() -> bool:
@@ -84,6 +86,51 @@ def shared_libstdcxx_link_args():
     return ["-l:libstdc++.so.6"]
 
 
+def nvcc_version():
+    """(major, minor) of the toolkit's nvcc."""
+    nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        sys.exit(f"memkernels: cannot run {nvcc}: {e}")
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    if m is None:
+        sys.exit(f"memkernels: cannot read the version of {nvcc}: {out!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def default_cuda_archs(nvcc):
+    """The default architecture list for this nvcc (csrc/cuda_archs.txt, which
+    CMakeLists.txt reads too)."""
+    with open(os.path.join(ROOT, "csrc", "cuda_archs.txt")) as f:
+        for line in f:
+            fields = line.split("#", 1)[0].split()
+            if len(fields) == 2 and nvcc >= tuple(int(x) for x in fields[0].split(".")):
+                return fields[1]
+    sys.exit(f"memkernels: nvcc {nvcc[0]}.{nvcc[1]} is older than every line of csrc/cuda_archs.txt")
+
+
+def torch_series():
+    """(major, minor) of the torch this build compiles against."""
+    return tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def local_tag(with_cuda):
+    """cu130torch2.14 or cputorch2.14: what a wheel was compiled against."""
+    major, minor = torch_series()
+    device = "cu" + torch.version.cuda.replace(".", "") if with_cuda else "cpu"
+    return f"{device}torch{major}.{minor}"
+
+
+def requirements(with_cuda):
+    """A wheel needs the torch series it was compiled against; the sdist any
+    torch with the APIs it uses (it compiles against the one installed)."""
+    if BUILDING_SDIST:
+        return ["torch>=2.11", "numpy"]
+    major, minor = torch_series()
+    return [f"torch>={major}.{minor},<{major}.{minor + 1}", "numpy"]
+
+
 def nvidia_include_dirs():
     """Headers torch's CUDA headers include (cusparse.h, cublas_v2.h) ship in pip packages."""
     dirs = []
@@ -119,9 +166,9 @@ def extension():
         kwargs["define_macros"] = defines
         return cpp_extension.CppExtension(**kwargs), False
 
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
-    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "visible GPUs")
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_archs(nvcc_version())
+    archs = os.environ["TORCH_CUDA_ARCH_LIST"]
     defines += [
         ("MK_WITH_CUDA", "1"),
         ("MK_CUDA_ARCHS", f'"{archs}"'),
@@ -129,6 +176,9 @@ def extension():
     ]
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     nvcc += [f"-D{k}={v}" for k, v in defines]
+    if os.environ.get("NVCC_THREADS", "").strip():
+        # nvcc compiles a file's architectures in parallel with --threads.
+        nvcc += ["--threads", os.environ["NVCC_THREADS"].strip()]
     if os.environ.get("MEMKERNELS_PTXAS_VERBOSE") == "1":
         nvcc += ["-Xptxas", "-v"]
     kwargs["sources"] = cpu_sources + sources("csrc/core/*.cu")
@@ -138,10 +188,11 @@ def extension():
     return cpp_extension.CUDAExtension(**kwargs), True
 
 
-ext, _ = extension()
+ext, built_with_cuda = extension()
 
 setup(
-    version=VERSION,
+    version=VERSION if BUILDING_SDIST else f"{VERSION}+{local_tag(built_with_cuda)}",
+    install_requires=requirements(built_with_cuda),
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -23,9 +23,12 @@ import json as _json
 
 import torch as _torch
 
-from . import _C  # noqa: F401  (loads the extension and registers torch.ops.memkernels)
-from . import nn, ops, optim, reference
-from .ops import RowUpdate, embedding_bag, embedding_bag_backward_update, pk_topk, sparse_row_update
+from ._load import load_extension as _load_extension
+
+_C = _load_extension()  # loads memkernels._C, which registers torch.ops.memkernels
+
+from . import nn, ops, optim, reference  # noqa: E402
+from .ops import RowUpdate, embedding_bag, embedding_bag_backward_update, pk_topk, sparse_row_update  # noqa: E402
 
 __version__ = "0.1.0"
 

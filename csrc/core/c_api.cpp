@@ -254,6 +254,16 @@ mk_status mk_pk_topk_fused(const mk_pk_topk_args* a, mk_device device, void* str
   return MK_ERR_UNSUPPORTED;
 }
 
+#ifndef MK_WITH_CUDA
+// With CUDA, device_cuda.cu defines it.
+mk_status mk_cuda_device_check(int device, int* major, int* minor) {
+  (void)device;
+  (void)major;
+  (void)minor;
+  return MK_ERR_UNSUPPORTED;
+}
+#endif
+
 mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, void* stream) {
   mk_status st = mk::pk_check_select_args(args);
   if (st != MK_OK) return st;

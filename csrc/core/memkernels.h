@@ -210,6 +210,14 @@ MK_API mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, v
 
 MK_API mk_status mk_pk_topk_fused(const mk_pk_topk_args* args, mk_device device, void* stream);
 
+/* Whether this build's CUDA kernels can run on CUDA device `device` (an
+ * ordinal): MK_OK; MK_ERR_UNSUPPORTED when the build holds no kernel image
+ * the device can load (compiled for other architectures) or has no CUDA
+ * kernels; MK_ERR_CUDA when the device cannot be queried. Writes the device's
+ * compute capability to *major and *minor when they are not NULL and the
+ * device could be queried. Sets the current device back before returning. */
+MK_API mk_status mk_cuda_device_check(int device, int* major, int* minor);
+
 MK_API mk_status mk_sparse_row_update(const mk_sparse_row_update_args* args, mk_device device,
                                       void* stream);
 

@@ -7,6 +7,8 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "../core/memkernels.h"
@@ -18,6 +20,9 @@
 #endif
 #ifndef MK_CUDA_VERSION
 #define MK_CUDA_VERSION ""
+#endif
+#ifndef MK_CUDA_ARCHS
+#define MK_CUDA_ARCHS ""
 #endif
 
 TORCH_LIBRARY(memkernels, m) {
@@ -50,11 +55,30 @@ TORCH_LIBRARY(memkernels, m) {
 namespace mkt {
 namespace {
 
+// Raises, on the first call for a CUDA device, if this build has no kernel
+// image the device can run: a clear message instead of CUDA's "no kernel
+// image is available" from the first launch.
+void check_cuda_device(c10::DeviceIndex index) {
+  static std::atomic<uint64_t> checked{0};  // bit i: device i can run the kernels
+  const bool cached = index >= 0 && index < 64;
+  if (cached && ((checked.load(std::memory_order_relaxed) >> index) & 1u)) return;
+  int major = 0, minor = 0;
+  const mk_status st = mk_cuda_device_check(int(index), &major, &minor);
+  TORCH_CHECK(st != MK_ERR_UNSUPPORTED, "memkernels: this build has no CUDA kernel image for cuda:",
+              int(index), " (compute capability ", major, ".", minor,
+              "); it was compiled for TORCH_CUDA_ARCH_LIST=\"", MK_CUDA_ARCHS,
+              "\". Reinstall it for this card, e.g. TORCH_CUDA_ARCH_LIST=\"", major, ".", minor,
+              "\" pip install --no-build-isolation memkernels (README: Build switches)");
+  check_status(st, "memkernels: querying the CUDA device");
+  if (cached) checked.fetch_or(uint64_t(1) << index, std::memory_order_relaxed);
+}
+
 // The Backend of a tensor's device: the CPU, or its CUDA device's current
 // stream (through c10's device-generic stream API, so this file needs no
 // CUDA headers).
 Backend backend_of(const at::Tensor& t) {
   if (!t.is_cuda()) return Backend{MK_CPU, nullptr};
+  check_cuda_device(t.device().index());
   const c10::Stream stream = c10::impl::getDeviceGuardImpl(t.device().type())->getStream(t.device());
   return Backend{MK_CUDA, stream.native_handle()};
 }

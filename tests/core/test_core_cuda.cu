@@ -360,6 +360,14 @@ int main() {
     std::printf("test_core_cuda: no CUDA device, skipped\n");
     return 77;
   }
+  for (int d = 0; d < n; ++d) {
+    int major = -1, minor = -1, current = -1;
+    CHECK(mk_cuda_device_check(d, &major, &minor) == MK_OK,
+          "no kernel image for device %d (compute capability %d.%d)", d, major, minor);
+    CHECK(major >= 7 && minor >= 0, "compute capability not reported");
+    CHECK(cudaGetDevice(&current) == cudaSuccess && current == 0, "current device not restored");
+  }
+  CHECK(mk_cuda_device_check(n, nullptr, nullptr) == MK_ERR_CUDA, "a device past the last one was accepted");
   const Case cases[] = {{97, 1, 23, 7, false},     {97, 64, 23, 7, false}, {1000, 300, 40, 3, false},
                         {10, 33, 200, 3, true},    {5, 17, 1, 4, false},  {3, 8, 0, 2, false},
                         {4096, 1024, 64, 32, false}};
