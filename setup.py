@@ -28,6 +28,7 @@ if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ:
 
 import torch  # noqa: E402
 from setuptools import setup  # noqa: E402
+from setuptools.command.build_py import build_py  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
 
 VERSION = "0.1.0"
@@ -131,6 +132,37 @@ def requirements(with_cuda):
     return [f"torch>={major}.{minor},<{major}.{minor + 1}", "numpy"]
 
 
+def git_commit():
+    """The source tree's commit (with "-dirty" for uncommitted changes to
+    tracked files), or None outside a git checkout (an sdist)."""
+    if not os.path.isdir(os.path.join(ROOT, ".git")):
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class BuildPyWithCommit(build_py):
+    """Also writes memkernels/BUILD_COMMIT, so a bench result from an
+    installed package can name the code it ran (the extension's compile
+    flags stay the same from commit to commit: no rebuild)."""
+
+    def run(self):
+        super().run()
+        commit = git_commit()
+        if commit:
+            target = os.path.join(self.build_lib, "memkernels", "BUILD_COMMIT")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w") as f:
+                f.write(commit + "\n")
+
+
 def nvidia_include_dirs():
     """Headers torch's CUDA headers include (cusparse.h, cublas_v2.h) ship in pip packages."""
     dirs = []
@@ -194,5 +226,5 @@ setup(
     version=VERSION if BUILDING_SDIST else f"{VERSION}+{local_tag(built_with_cuda)}",
     install_requires=requirements(built_with_cuda),
     ext_modules=[ext],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithCommit},
 )

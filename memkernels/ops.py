@@ -142,6 +142,10 @@ def _embedding_bag_backward(ctx, grad_out: Tensor) -> Tuple:
             grad_out, values, indices, weights
         )
         if want_values:
+            # The invariants are not checked, on purpose: the backward's plan
+            # writes distinct rows in [0, N), ascending (coalesced by
+            # construction, tested), and a check would read the rows back (a
+            # host synchronisation on CUDA) on every backward.
             grad_values = torch.sparse_coo_tensor(
                 rows.unsqueeze(0), row_grads, values.shape, is_coalesced=True, check_invariants=False
             )

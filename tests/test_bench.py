@@ -1,11 +1,15 @@
 """The bench entry runs end to end on the tiny preset, writes the JSON the
-docs describe, and its byte counts match counts done by hand."""
+docs describe and the plots, its byte counts match counts done by hand, and
+compare judges two runs."""
 
+import copy
+import io
 import json
 
 import pytest
 
 from memkernels import bench
+from memkernels.bench import plots
 
 
 def test_embedding_bag_byte_counts_by_hand():
@@ -28,9 +32,14 @@ def test_pk_topk_counts_by_hand():
 def test_bench_entry_tiny(tmp_path, capsys):
     result = bench.main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--out", str(tmp_path)])
     on_disk = json.loads((tmp_path / "bench.json").read_text())
-    assert on_disk["preset"] == "tiny"
+    assert on_disk["preset"] == "tiny" and on_disk["reps"] == 2
     assert set(on_disk["ceilings"]) >= {"copy_GBps", "matmul_TFLOPs"}
-    assert on_disk["environment"]["device"] == "cpu"
+    env = on_disk["environment"]
+    assert env["device"] == "cpu"
+    for key in ("date", "command", "commit", "device_name", "cpu", "driver", "torch", "cuda", "memkernels", "python"):
+        assert key in env, key
+    assert env["command"] == "python -m memkernels.bench --preset tiny --device cpu --reps 2 --out " + str(tmp_path)
+    assert env["memkernels"]["version"] and env["memkernels"]["backends"]
     rows = on_disk["results"]
     impls = {(r["op"], r["impl"], r["part"]) for r in rows}
     assert ("embedding_bag", "memkernels", "forward") in impls
@@ -49,10 +58,15 @@ def test_bench_entry_tiny(tmp_path, capsys):
     sweeps = on_disk["sweeps"]
     assert {(p["op"], p["param"]) for p in sweeps} == {("embedding_bag", "N"), ("pk_topk", "k")}
     assert {p["value"] for p in sweeps if p["op"] == "embedding_bag"} == {100, 1000}
-    assert all(p["median_s"] > 0 for p in sweeps)
-    plots = sorted(path.name for path in tmp_path.glob("*.png"))
-    assert "embedding_bag_time.png" in plots and "sweep_pk_topk_k.png" in plots and "layer_floor.png" in plots
-    for name in plots:
+    assert all(p["median_s"] > 0 and len(p["times_s"]) == 2 and p["shape"][p["param"]] == p["value"]
+               for p in sweeps)
+    assert {p["shape"]["N"] for p in sweeps if p["op"] == "embedding_bag"} == {100, 1000}
+    pictures = sorted(path.name for path in tmp_path.glob("*.png"))
+    assert pictures == sorted(["roofline_cpu.png", "speedup_embedding_bag.png", "speedup_pk_topk.png",
+                               "speedup_layer.png", "speedup_train_step.png", "sweep_embedding_bag_N.png",
+                               "sweep_pk_topk_k.png"])
+    assert sorted(result["plots"]) == sorted(str(tmp_path / name) for name in pictures)
+    for name in pictures:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert ("layer", "memkernels", "forward+backward") in impls and ("layer", "reference", "forward") in impls
@@ -100,3 +114,79 @@ def test_pytest_benchmark_suite_runs_once(tmp_path):
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert " passed" in res.stdout
+
+
+def test_without_matplotlib_the_json_is_still_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(plots, "_pyplot", lambda: None)
+    result = bench.main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--no-sweeps", "--cases", "eb_",
+                         "--out", str(tmp_path)])
+    assert result["plots"] == [] and not list(tmp_path.glob("*.png"))
+    assert json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert "plots need matplotlib: pip install 'memkernels[plot]'" in capsys.readouterr().out
+
+
+def test_progress_line_only_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        progress = bench.Progress(stream)
+        progress.prefix = "case 2/5: "
+        progress.show("eb_cpu memkernels forward")
+        progress.clear()
+    assert "case 2/5: eb_cpu memkernels forward" in tty.getvalue() and tty.getvalue().endswith("\r\033[K")
+    assert pipe.getvalue() == ""
+
+
+def _run(times_by_key, shape_n=1000, device="cpu A"):
+    rows = []
+    for (case, impl, part), times in times_by_key.items():
+        times = sorted(times)
+        rows.append({"op": "embedding_bag", "case": case, "impl": impl, "part": part, "median_s": times[len(times) // 2],
+                     "times_s": times, "shape": {"name": case, "N": shape_n, "D": 8}})
+    return {"environment": {"device_name": device}, "results": rows}
+
+
+def test_compare_ratios_flags_and_refusals(tmp_path, capsys):
+    a = _run({("eb", "memkernels", "forward"): [1.0, 1.0, 1.0, 1.1, 0.9],
+              ("eb", "torch", "forward"): [2.0, 2.0, 2.1, 1.9, 2.0],
+              ("eb", "memkernels", "forward+backward"): [3.0, 3.0, 3.0, 3.0, 3.0],
+              ("eb", "reference", "forward"): [5.0, 5.0, 5.0]})
+    b = _run({("eb", "memkernels", "forward"): [0.5, 0.5, 0.5, 0.55, 0.45],   # 2x faster
+              ("eb", "torch", "forward"): [2.2, 1.6, 2.6, 1.8, 2.4],          # 1.1x slower, within the noise
+              ("eb", "memkernels", "forward+backward"): [3.6, 3.6, 3.6, 3.6, 3.6],  # 1.2x slower: regression
+              ("eb", "pk", "forward"): [1.0, 1.0]}, device="cpu B")
+    c = bench.compare(a, b, threshold=0.05)
+    by_key = {(r["impl"], r["part"]): r for r in c["rows"]}
+    assert by_key[("memkernels", "forward")]["ratio"] == pytest.approx(0.5)
+    assert not by_key[("memkernels", "forward")]["regression"]
+    assert by_key[("torch", "forward")]["ratio"] == pytest.approx(1.1)
+    assert by_key[("torch", "forward")]["within_noise"] and not by_key[("torch", "forward")]["regression"]
+    assert by_key[("memkernels", "forward+backward")]["ratio"] == pytest.approx(1.2)
+    assert by_key[("memkernels", "forward+backward")]["regression"]
+    assert by_key[("memkernels", "forward")]["spread_a"] == pytest.approx(0.0)
+    assert c["only_a"] == [("embedding_bag", "eb", "reference", "forward")]
+    assert c["only_b"] == [("embedding_bag", "eb", "pk", "forward")]
+    assert c["regressions"] == ["eb memkernels forward+backward: 1.200x the time (3000 -> 3600 ms)"]
+
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    out = bench.main(["compare", str(pa), str(pb), "--out", str(tmp_path / "cmp")])
+    assert out["errors"] == c["regressions"]
+    printed = capsys.readouterr().out
+    assert "1.200  REGRESSION" in printed and "only in A: eb reference forward" in printed
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+    other = copy.deepcopy(b)
+    for r in other["results"]:
+        r["shape"]["N"] = 2000
+    with pytest.raises(bench.ShapeMismatch, match=r"case eb: N 1000 vs 2000"):
+        bench.compare(a, other)
+    pb.write_text(json.dumps(other))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["compare", str(pa), str(pb)])
+    assert exit_info.value.code == 2
+    assert "refused: the runs' shapes differ: case eb: N 1000 vs 2000" in capsys.readouterr().err

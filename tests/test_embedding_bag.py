@@ -2,6 +2,8 @@
 fp64 oracle (memkernels.reference) and torch.nn.functional.embedding_bag, on
 every device available. The CUDA variants run the same bodies."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,6 +123,19 @@ def test_sparse_gradient(device, dtype):
     assert gv.values().shape == (rows.numel(), 24)
     assert torch.equal(gv.to_dense(), gv_dense)
     assert torch.equal(gw, gw_dense)
+
+
+def test_sparse_gradient_warns_nothing(device):
+    """The sparse gradient says explicitly that its invariants are not
+    checked (they hold by construction), so torch does not warn about
+    implicitly disabled checks."""
+    values, indices, weights = make(device, 100, 8, 6, 3, torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, gv, _ = run_ours(values, indices, weights, torch.randn(6, 8, device=device), sparse=True)
+        gv.coalesce().to_dense()
+    assert gv.is_sparse
+    assert not [w for w in caught if "invariant" in str(w.message).lower()], [str(w.message) for w in caught]
 
 
 def test_sparse_adam_step(device):

@@ -18,23 +18,27 @@ files under ``bench/`` use these names):
 - one module per op: ``embedding_bag``, ``pk_topk``, ``layer``,
   ``train_step`` (inputs, implementations, ``bench_*``);
 - ``cli``: ``main``, ``RUNNERS``, ``bench_case``, ``run_sweeps``;
-  ``plots``: ``draw_plots``.
+  ``plots``: ``draw_plots``, ``draw_comparison`` (matplotlib, the ``plot``
+  extra); ``compare``: ``compare``, ``ShapeMismatch``
+  (``python -m memkernels.bench compare A.json B.json``).
 """
 
 from .cases import (PRESETS, SWEEPS, EBCase, LayerCase, PKCase, UpdateCase, embedding_bag_bytes, layer_bytes,
                     layer_flops, pk_topk_counts)
 from .cli import ERRORS, RUNNERS, bench_case, environment, format_table, main, run_sweeps
+from .compare import ShapeMismatch, compare
 from .embedding_bag import bench_embedding_bag, embedding_bag_impls, make_inputs, torch_computes_weights_grad
-from .harness import BUDGET_S, Row, add_speedups, make_row, measure_ceilings, time_fn
+from .harness import BUDGET_S, PROGRESS, Progress, Row, add_speedups, make_row, measure_ceilings, time_fn
 from .layer import bench_layer, product_key_memory_layer
 from .pk_topk import bench_pk_topk
-from .plots import draw_plots
+from .plots import draw_comparison, draw_plots
 from .train_step import bench_update, make_train_step
 
 __all__ = [
     "PRESETS", "SWEEPS", "EBCase", "LayerCase", "PKCase", "UpdateCase", "embedding_bag_bytes", "layer_bytes",
     "layer_flops", "pk_topk_counts", "ERRORS", "RUNNERS", "bench_case", "environment", "format_table", "main",
     "run_sweeps", "bench_embedding_bag", "embedding_bag_impls", "make_inputs", "torch_computes_weights_grad",
+    "ShapeMismatch", "compare", "PROGRESS", "Progress", "draw_comparison",
     "BUDGET_S", "Row", "add_speedups", "make_row", "measure_ceilings", "time_fn", "bench_layer",
     "product_key_memory_layer", "bench_pk_topk", "draw_plots", "bench_update", "make_train_step",
 ]

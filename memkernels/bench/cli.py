@@ -1,8 +1,10 @@
 """The bench entry point: runs a preset's cases and sweeps on one device,
-prints the table last, writes bench.json and the plots.
+prints the table last, writes bench.json and the plots; ``compare`` judges
+one run against another (compare.py).
 
     python -m memkernels.bench                      # quick preset on CPU, paper preset on a GPU
     python -m memkernels.bench --preset paper --out results/
+    python -m memkernels.bench compare BEFORE.json AFTER.json
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, replace
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -21,7 +26,7 @@ import memkernels
 
 from .cases import PRESETS, SWEEPS, EBCase, LayerCase, PKCase, UpdateCase
 from .embedding_bag import bench_embedding_bag
-from .harness import Row, measure_ceilings
+from .harness import PROGRESS, Row, measure_ceilings
 from .layer import bench_layer
 from .pk_topk import bench_pk_topk
 from .plots import draw_plots
@@ -69,15 +74,68 @@ def run_sweeps(preset: str, device: torch.device, ceilings, reps: int) -> List[D
                 rows = bench_case(case, device, ceilings, reps, parts=("forward",))
             for r in rows:
                 points.append({"op": op, "param": field_name, "value": value, "impl": r.impl, "part": r.part,
-                               "median_s": r.median_s, "GBps": r.GBps, "pct_floor": r.pct_floor})
+                               "shape": r.shape, "median_s": r.median_s, "times_s": r.times_s, "GBps": r.GBps,
+                               "pct_floor": r.pct_floor})
     return points
 
 
-def environment(device: torch.device) -> Dict[str, object]:
+def _run(cmd: List[str], cwd: Optional[str] = None) -> Optional[str]:
+    """A command's first line of output, or None when it cannot run."""
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=cwd)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def source_commit() -> Optional[str]:
+    """The commit of the code that runs: the git checkout memkernels is
+    imported from (an editable install; "-dirty" with uncommitted changes to
+    tracked files), else the commit the installed package was built from
+    (memkernels/BUILD_COMMIT, written by setup.py), else None (an sdist)."""
+    pkg = os.path.dirname(os.path.abspath(memkernels.__file__))
+    src = os.path.dirname(pkg)
+    if os.path.isdir(os.path.join(src, ".git")):
+        head = _run(["git", "rev-parse", "HEAD"], cwd=src)
+        if head:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                                   capture_output=True, text=True, timeout=20).stdout.strip()
+            return head + ("-dirty" if dirty else "")
+    try:
+        with open(os.path.join(pkg, "BUILD_COMMIT")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def environment(device: torch.device, argv: Optional[List[str]] = None) -> Dict[str, object]:
+    """What is needed to reproduce a run: where and when, the command, the
+    code (commit and build facts), the device and its driver, the software
+    versions. The preset, repetitions, ceilings and every case's shape are
+    beside it in the result."""
     env = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(["python", "-m", "memkernels.bench"] + list(sys.argv[1:] if argv is None else argv)),
+        "commit": source_commit(),
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu": _cpu_name(),
+        "driver": (_run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+                   if device.type == "cuda" else None),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "threads": torch.get_num_threads(),
@@ -101,6 +159,13 @@ def format_table(rows: List[Row]) -> str:
 
 
 def main(argv=None) -> Dict[str, object]:
+    """Runs the bench (or, with ``compare`` first, compares two runs); returns
+    the result, whose ``errors`` are non-empty when something failed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from .compare import main as compare_main
+
+        return compare_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m memkernels.bench", description="memkernels bench suite: each op side by side with its PyTorch baselines.")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="quick (CPU-sized) or paper (reference shapes); default: paper on a GPU, else quick")
@@ -110,6 +175,7 @@ def main(argv=None) -> Dict[str, object]:
     p.add_argument("--no-sweeps", action="store_true", help="skip the scaling sweeps")
     p.add_argument("--cases", default=None,
                    help="comma-separated case names (or name prefixes) of the preset to run, e.g. pk_ref,update_N=16M")
+    p.epilog = "python -m memkernels.bench compare BEFORE.json AFTER.json: the change's ratio per row (--help there)"
     args = p.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -125,17 +191,25 @@ def main(argv=None) -> Dict[str, object]:
         if not cases:
             p.error(f"--cases {args.cases!r} matches no case of preset {preset!r}: "
                     + ", ".join(c.name for c in PRESETS[preset]))
-    for case in cases:
+    PROGRESS.start()
+    for i, case in enumerate(cases, start=1):
+        PROGRESS.prefix = f"case {i}/{len(cases)}: "
         rows += bench_case(case, device, ceilings, reps)
+    PROGRESS.prefix = "sweep: "
     sweeps = [] if args.no_sweeps else run_sweeps(preset, device, ceilings, reps)
-    result = {"environment": environment(device), "preset": preset, "ceilings": ceilings,
+    PROGRESS.clear()
+    PROGRESS.prefix = ""
+    result = {"environment": environment(device, argv), "preset": preset, "reps": reps, "ceilings": ceilings,
               "results": [asdict(r) for r in rows], "sweeps": sweeps, "errors": list(ERRORS)}
+    notices: List[str] = []
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "bench.json"), "w") as f:
             json.dump(result, f, indent=1)
-        result["plots"] = draw_plots(result, args.out)
+        result["plots"] = draw_plots(result, args.out, notices)
     env = result["environment"]
+    for msg in notices:
+        print(msg)
     print(f"memkernels bench: {env['device_name']} ({device.type}), torch {env['torch']}, preset {preset}")
     print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, matmul {ceilings['matmul_TFLOPs']:.2f} TFLOP/s "
           f"({ceilings['matmul_dtype']})")

@@ -95,7 +95,8 @@ def bench_embedding_bag(case: EBCase, device: torch.device, ceilings, reps: int,
                 continue
             base = peak_reset(device)
             try:
-                times = time_fn(lambda i: fn(i, backward), device, warmup=2, reps=reps, budget_s=BUDGET_S)
+                times = time_fn(lambda i: fn(i, backward), device, warmup=2, reps=reps, budget_s=BUDGET_S,
+                                label=f"{case.name} {impl} {part}")
             except torch.OutOfMemoryError:
                 continue
             peak = peak_bytes(device, base)

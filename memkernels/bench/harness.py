@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import gc
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, TextIO
 
 import torch
 
@@ -17,20 +18,57 @@ import torch
 BUDGET_S = 3.0
 
 
+class Progress:
+    """One status line on a terminal: what is being timed (case, impl, part)
+    and the seconds since the run started, rewritten in place. Writes nothing
+    when the stream is not a terminal, so logs and pipes stay clean."""
+
+    def __init__(self, stream: Optional[TextIO] = None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.prefix = ""
+        self.t0 = time.perf_counter()
+
+    @property
+    def enabled(self) -> bool:
+        isatty = getattr(self.stream, "isatty", None)
+        return bool(isatty and isatty())
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            elapsed = time.perf_counter() - self.t0
+            self.stream.write(f"\r\033[K[{elapsed:7.1f} s] {self.prefix}{text}")
+            self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+# The run's status line; the CLI sets its prefix (case i of n) and clears it.
+PROGRESS = Progress()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def time_fn(fn: Callable[[int], object], device: torch.device, warmup: int = 3, reps: int = 20,
-            budget_s: Optional[float] = None) -> List[float]:
+            budget_s: Optional[float] = None, label: Optional[str] = None) -> List[float]:
     """Seconds per call of ``fn(i)`` for ``reps`` calls after ``warmup``.
 
     ``i`` is the call number, so ``fn`` can rotate among several input sets
     and keep caches from flattering. On CUDA each call is timed with events.
     With ``budget_s``, slow functions get fewer calls (at least 3): the
     number of calls is cut so they take about ``budget_s`` seconds.
+    ``label`` is shown on the progress line while it runs.
     """
+    if label:
+        PROGRESS.show(label)
     t0 = time.perf_counter()
     for i in range(warmup):
         fn(i)

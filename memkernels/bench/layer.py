@@ -55,7 +55,7 @@ def bench_layer(case: LayerCase, device: torch.device, ceilings, reps: int) -> L
 
             base = peak_reset(device)
             try:
-                times = time_fn(call, device, warmup=2, reps=reps, budget_s=BUDGET_S)
+                times = time_fn(call, device, warmup=2, reps=reps, budget_s=BUDGET_S, label=f"{case.name} {impl} {part}")
             except torch.OutOfMemoryError:
                 continue
             finally:

@@ -39,7 +39,7 @@ def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int,
 
             base = peak_reset(device)
             try:
-                times = time_fn(call, device, warmup=2, reps=reps, budget_s=BUDGET_S)
+                times = time_fn(call, device, warmup=2, reps=reps, budget_s=BUDGET_S, label=f"{case.name} {impl} {part}")
             except torch.OutOfMemoryError:
                 continue
             peak = peak_bytes(device, base)

@@ -77,7 +77,8 @@ def bench_update(case: UpdateCase, device: torch.device, ceilings, reps: int) ->
         base_mem = peak_reset(device)
         try:
             step = make_train_step(impl, case, device, g)
-            times = time_fn(lambda i: step(*data[i % 3]), device, warmup=2, reps=reps, budget_s=BUDGET_S)
+            times = time_fn(lambda i: step(*data[i % 3]), device, warmup=2, reps=reps, budget_s=BUDGET_S,
+                            label=f"{case.name} {impl}")
         except torch.OutOfMemoryError:
             continue
         finally:
