@@ -208,6 +208,17 @@ class ProductKeyMemory(nn.Module):
             out = out * torch.sigmoid(self.gate_proj(x)).to(out.dtype)
         return out.reshape(*lead, self.dim)
 
+    def flops_per_token(self) -> int:
+        """Forward FLOPs per token (2 per multiply-add): the query projection,
+        the sub-key scores, the k x k candidate sums, the weighted value bag
+        and, for Memory+, its two projections and product."""
+        q = 2 * self.dim * self.heads * self.k_dim
+        scores = 2 * self.heads * 2 * self.n_keys * (self.k_dim // 2)
+        cand = self.heads * self.knn * self.knn
+        bag = 2 * self.heads * self.knn * self.v_dim
+        plus = 2 * self.dim * self.v_dim + 2 * self.v_dim * self.dim + self.v_dim if self.memory_plus else 0
+        return q + scores + cand + bag + plus
+
     def fuse_value_updates(self, optimizer) -> None:
         """Turns on the fused path: this layer's backward applies
         ``optimizer`` (a ``memkernels.optim.SparseRowOptimizer`` holding the

@@ -1,0 +1,363 @@
+"""A small decoder-only language model with memory layers against dense
+models, on a synthetic biography corpus (memkernels.examples.bios).
+
+    python -m memkernels.examples.lm --preset tiny|cpu|gpu [--out DIR]
+
+Three models train on the same sentences for the same steps:
+
+- ``dense``: a pre-norm transformer (attention through
+  ``scaled_dot_product_attention``, GELU feed-forward blocks);
+- ``memory``: the same, with the feed-forward block of the chosen layers
+  replaced by ``ProductKeyMemory`` layers (Memory+) that share one value
+  pool, at the dense model's FLOPs per token (the replaced blocks' dense twin
+  is a feed-forward block of equal FLOPs);
+- ``dense_2x``: the dense model with wider feed-forward blocks, so twice its
+  FLOPs per token.
+
+The value pool trains with memkernels' fused row-sparse Adam inside the
+backward; everything else with AdamW. Periodically, and at the end, each
+model answers every question of the corpus: exact match of the attribute
+token after questions in the phrasings it trained on, and in phrasings held
+out of training. It prints progress, then a table, and with ``--out`` writes
+``lm.json`` and ``lm.png`` (loss and held-out accuracy against steps and
+against training FLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import ProductKeyMemory, ValuePool, param_groups
+from ..optim import SparseRowOptimizer
+from .bios import BioConfig, BioCorpus, make_corpus, pad_batch
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    ffn_hidden: int = 256  # every dense block's width, unless overridden per layer
+    memory_layers: Tuple[int, ...] = ()  # layers whose feed-forward block is a memory layer
+    n_keys: int = 32
+    mem_heads: int = 2
+    knn: int = 8
+    k_dim: int = 32
+    layer_hidden: Dict[int, int] = field(default_factory=dict)  # per-layer dense width overrides
+
+
+@dataclass
+class Preset:
+    corpus: BioConfig
+    model: ModelConfig
+    steps: int
+    batch: int
+    lr: float = 3e-3
+    value_lr: float = 3e-2
+    eval_every: int = 100
+
+
+PRESETS: Dict[str, Preset] = {
+    # The test suite's: a few seconds per model on a 2-core CPU.
+    "tiny": Preset(BioConfig(people=64, attributes=("birth_year", "city"), first_names=24, last_names=24,
+                             values_per_attribute=32, bios_per_fact=2),
+                   ModelConfig(dim=48, layers=2, heads=4, ffn_hidden=96, memory_layers=(1,), n_keys=32,
+                               mem_heads=2, knn=8, k_dim=32),
+                   steps=400, batch=64, lr=1e-2, value_lr=5e-2, eval_every=100),
+    # Seconds to a minute per model on a 2-core CPU.
+    "cpu": Preset(BioConfig(people=128, attributes=("birth_year", "city", "employer"), first_names=24,
+                            last_names=24, values_per_attribute=32, bios_per_fact=2),
+                  ModelConfig(dim=64, layers=2, heads=4, ffn_hidden=128, memory_layers=(1,), n_keys=32,
+                              mem_heads=2, knn=8, k_dim=32),
+                  steps=800, batch=64, lr=1e-2, value_lr=5e-2, eval_every=100),
+    # A GPU run: memory layers in two blocks sharing one pool of 65k slots.
+    "gpu": Preset(BioConfig(people=20000, attributes=("birth_year", "city", "employer", "university", "field"),
+                            first_names=200, last_names=200, values_per_attribute=200, bios_per_fact=3),
+                  ModelConfig(dim=256, layers=4, heads=8, ffn_hidden=1024, memory_layers=(1, 3), n_keys=256,
+                              mem_heads=4, knn=32, k_dim=128),
+                  steps=4000, batch=256, lr=2e-3, value_lr=2e-2, eval_every=500),
+}
+
+
+# ---- the model ------------------------------------------------------------------------
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mixer: nn.Module):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mixer = mixer  # FeedForward or ProductKeyMemory
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, L, D))
+        return x + self.mixer(self.ln2(x))
+
+
+class LM(nn.Module):
+    """Token and position embeddings, pre-norm blocks, a final norm and an
+    output head tied to the token embedding."""
+
+    def __init__(self, vocab: int, max_len: int, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(vocab, cfg.dim)
+        self.pos = nn.Embedding(max_len, cfg.dim)
+        self.pool = ValuePool(cfg.n_keys**2, cfg.dim) if cfg.memory_layers else None
+        blocks = []
+        for i in range(cfg.layers):
+            if i in cfg.memory_layers:
+                mixer = ProductKeyMemory(cfg.dim, n_keys=cfg.n_keys, heads=cfg.mem_heads, knn=cfg.knn,
+                                         k_dim=cfg.k_dim, values=self.pool)
+            else:
+                mixer = FeedForward(cfg.dim, cfg.layer_hidden.get(i, cfg.ffn_hidden))
+            blocks.append(Block(cfg.dim, cfg.heads, mixer))
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_f = nn.LayerNorm(cfg.dim)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        for b in self.blocks:
+            x = b(x)
+        return self.ln_f(x) @ self.tok.weight.T
+
+    def flops_per_token(self, context: int) -> int:
+        """Forward FLOPs per token (2 per multiply-add): attention projections,
+        attention over ``context`` positions, each block's feed-forward or
+        memory layer, and the output head."""
+        d = self.cfg.dim
+        total = 2 * d * self.tok.num_embeddings  # output head
+        for b in self.blocks:
+            total += 2 * d * 3 * d + 2 * d * d + 2 * 2 * context * d
+            if isinstance(b.mixer, ProductKeyMemory):
+                total += b.mixer.flops_per_token()
+            else:
+                total += 2 * 2 * d * b.mixer.up.out_features
+        return total
+
+
+def model_configs(base: ModelConfig, vocab: int, context: int) -> Dict[str, ModelConfig]:
+    """The three models: memory; dense at the memory model's FLOPs (each
+    memory layer's block replaced by a feed-forward block of equal FLOPs);
+    dense_2x at twice the dense model's FLOPs (every feed-forward block
+    widened by the same amount)."""
+    memory = base
+    probe = LM(vocab, context, memory)
+    equal = {i: max(1, round(probe.blocks[i].mixer.flops_per_token() / (4 * base.dim))) for i in base.memory_layers}
+    dense = replace(base, memory_layers=(), layer_hidden=equal)
+    dense_flops = LM(vocab, context, dense).flops_per_token(context)
+    extra = max(1, round(dense_flops / (4 * base.dim * base.layers)))  # 4*d*extra*layers more FLOPs
+    hidden2 = {i: dense.layer_hidden.get(i, base.ffn_hidden) + extra for i in range(base.layers)}
+    dense2 = replace(dense, layer_hidden=hidden2)
+    return {"dense": dense, "memory": memory, "dense_2x": dense2}
+
+
+# ---- training and evaluation ----------------------------------------------------------
+
+
+@torch.no_grad()
+def answer_accuracy(model: LM, prompts: List[List[int]], answers: List[int], device, batch: int = 512) -> float:
+    """Exact match: the most likely next token after each prompt is its answer."""
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i:i + batch]
+        ids = pad_batch(chunk).to(device)
+        last = torch.tensor([len(p) - 1 for p in chunk], device=device)
+        logits = model(ids)[torch.arange(len(chunk), device=device), last]
+        hits += (logits.argmax(-1).cpu() == torch.tensor(answers[i:i + batch])).sum().item()
+    model.train(was_training)
+    return hits / max(1, len(prompts))
+
+
+def train_model(name: str, model: LM, corpus: BioCorpus, preset: Preset, device, seed: int,
+                context: int, log=print) -> Dict[str, object]:
+    groups = param_groups(model, lr=preset.lr, weight_decay=0.01, value_lr=preset.value_lr)
+    opt = torch.optim.AdamW([g for g in groups if not g.get("memory_values")], betas=(0.9, 0.98))
+    value_opt = None
+    for g in groups:
+        if g.get("memory_values"):
+            value_opt = SparseRowOptimizer(g["params"], "adam", lr=preset.value_lr, betas=(0.9, 0.98))
+    for b in model.blocks:
+        if isinstance(b.mixer, ProductKeyMemory):
+            b.mixer.fuse_value_updates(value_opt)  # a shared pool: the same hook each time
+    warmup = max(1, preset.steps // 20)
+
+    def lr_scale(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, preset.steps - warmup)))
+
+    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lr_scale)]
+    if value_opt is not None:
+        scheds.append(torch.optim.lr_scheduler.LambdaLR(value_opt, lr_scale))
+    flops_per_token = model.flops_per_token(context)
+    g = torch.Generator().manual_seed(seed)
+    data = corpus.train
+    history: Dict[str, List[float]] = {"step": [], "tokens": [], "train_flops": [], "loss": [],
+                                       "acc_train_phrasing": [], "acc_held_out": []}
+    tokens = 0
+    t0 = time.perf_counter()
+    running = None
+    for step in range(1, preset.steps + 1):
+        pick = torch.randint(0, len(data), (preset.batch,), generator=g).tolist()
+        ids = pad_batch([data[i] for i in pick]).to(device)
+        logits = model(ids[:, :-1])
+        target = ids[:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=corpus.pad)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # the value pool is updated inside the backward
+        opt.step()
+        if value_opt is not None:
+            value_opt.step()  # nothing left to apply (fused); keeps the scheduler's order
+        for s in scheds:
+            s.step()
+        tokens += int((target != corpus.pad).sum())
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        if step % preset.eval_every == 0 or step == preset.steps:
+            acc_t = answer_accuracy(model, corpus.eval_prompts["train_phrasing"], corpus.eval_answers["train_phrasing"],
+                                    device)
+            acc_h = answer_accuracy(model, corpus.eval_prompts["held_out"], corpus.eval_answers["held_out"], device)
+            for key, value in (("step", step), ("tokens", tokens), ("train_flops", 3 * flops_per_token * tokens),
+                               ("loss", running), ("acc_train_phrasing", acc_t), ("acc_held_out", acc_h)):
+                history[key].append(value)
+            log(f"  [{name:>8}] step {step:5d}/{preset.steps}  loss {running:6.3f}  "
+                f"acc (trained phrasings) {100 * acc_t:5.1f}%  (held-out phrasings) {100 * acc_h:5.1f}%  "
+                f"({time.perf_counter() - t0:6.1f} s)")
+    return {"history": history, "seconds": time.perf_counter() - t0, "flops_per_token": flops_per_token,
+            "params": sum(p.numel() for p in model.parameters()),
+            "acc_train_phrasing": history["acc_train_phrasing"][-1], "acc_held_out": history["acc_held_out"][-1],
+            "loss": history["loss"][-1]}
+
+
+def draw(result: Dict[str, object], path: str) -> Optional[str]:
+    """lm.png: loss and held-out accuracy against steps and training FLOPs
+    (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for name, r in result["models"].items():
+        h = r["history"]
+        label = f"{name} ({r['flops_per_token'] / 1e6:.2f} MFLOP/token)"
+        for row, key, ylabel in ((0, "loss", "training loss (running)"),
+                                 (1, "acc_held_out", "exact match, held-out phrasings")):
+            ys = [100 * v for v in h[key]] if key.startswith("acc") else h[key]
+            axes[row][0].plot(h["step"], ys, marker="o", ms=3, label=label)
+            axes[row][1].plot(h["train_flops"], ys, marker="o", ms=3, label=label)
+            axes[row][0].set_ylabel(ylabel + (" (%)" if key.startswith("acc") else ""))
+    for row in range(2):
+        axes[row][0].set_xlabel("step")
+        axes[row][1].set_xlabel("training FLOPs")
+        axes[row][1].set_xscale("log")
+        for col in range(2):
+            axes[row][col].grid(True, alpha=0.3)
+            axes[row][col].legend(fontsize=7)
+    c = result["corpus"]
+    fig.suptitle(f"memory layers vs dense, preset {result['preset']}: {c['people']} people x "
+                 f"{len(c['attributes'])} attributes, device {result['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(preset_name: str, device: str = "cpu", seed: int = 0, out: Optional[str] = None,
+        steps: Optional[int] = None, models: Sequence[str] = ("dense", "memory", "dense_2x"),
+        log=print) -> Dict[str, object]:
+    preset = PRESETS[preset_name]
+    if steps is not None:
+        preset = replace(preset, steps=steps, eval_every=min(preset.eval_every, steps))
+    dev = torch.device(device)
+    corpus = make_corpus(replace(preset.corpus, seed=seed))
+    context = max(len(s) for s in corpus.train + corpus.eval_prompts["held_out"])
+    configs = model_configs(preset.model, len(corpus.vocab), context)
+    log(f"memkernels LM example, preset {preset_name}, device {dev}: {corpus.config.people} people x "
+        f"{len(corpus.config.attributes)} attributes = {len(corpus.facts)} facts, {len(corpus.train)} training "
+        f"sentences, vocabulary {len(corpus.vocab)}, {preset.steps} steps of {preset.batch} sentences")
+    result: Dict[str, object] = {"preset": preset_name, "device": str(dev), "seed": seed,
+                                 "corpus": asdict(corpus.config) | {"facts": len(corpus.facts),
+                                                                    "sentences": len(corpus.train),
+                                                                    "vocab": len(corpus.vocab)},
+                                 "train": {"steps": preset.steps, "batch": preset.batch, "lr": preset.lr,
+                                           "value_lr": preset.value_lr},
+                                 "models": {}}
+    for name in models:
+        cfg = configs[name]
+        torch.manual_seed(seed)
+        model = LM(len(corpus.vocab), context, cfg).to(dev)
+        log(f"training {name}: {model.flops_per_token(context):,} FLOPs/token, "
+            f"{sum(p.numel() for p in model.parameters()):,} parameters")
+        r = train_model(name, model, corpus, preset, dev, seed, context, log=log)
+        r["config"] = asdict(cfg)
+        result["models"][name] = r
+    dense_flops = result["models"]["dense"]["flops_per_token"]
+    log("")
+    log(f"{'model':<10}{'FLOPs/token':>13}{'vs dense':>10}{'params':>12}{'trained phr.':>14}{'held-out phr.':>15}"
+        f"{'loss':>8}{'train s':>9}")
+    for name, r in result["models"].items():
+        log(f"{name:<10}{r['flops_per_token']:>13,}{r['flops_per_token'] / dense_flops:>9.2f}x{r['params']:>12,}"
+            f"{100 * r['acc_train_phrasing']:>13.1f}%{100 * r['acc_held_out']:>14.1f}%{r['loss']:>8.3f}"
+            f"{r['seconds']:>9.1f}")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "lm.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        result["plot"] = draw(result, os.path.join(out, "lm.png"))
+        if result["plot"] is None:
+            log("lm.png needs matplotlib: pip install 'memkernels[plot]'")
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    p = argparse.ArgumentParser(prog="python -m memkernels.examples.lm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
+    p.add_argument("--models", default="dense,memory,dense_2x", help="comma-separated subset of the three models")
+    p.add_argument("--out", default=None, help="folder for lm.json and lm.png")
+    args = p.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in ("dense", "memory", "dense_2x")]
+    if unknown or "dense" not in models:
+        p.error(f"--models: choose from dense, memory, dense_2x, dense included; got {args.models!r}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return run(args.preset, device, args.seed, args.out, args.steps, models, log=lambda s: print(s, flush=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The language-model example (memkernels.examples.lm) end to end on its tiny
+preset on the CPU, and its corpus: seeded, names that need both tokens,
+held-out phrasings that never appear in training."""
+
+import json
+
+import pytest
+import torch
+
+from memkernels.examples import bios, lm
+
+
+def test_corpus_is_seeded_and_holds_out_its_question_phrasings():
+    cfg = bios.BioConfig(people=40, attributes=("birth_year", "city"), first_names=8, last_names=8,
+                         values_per_attribute=10, seed=3)
+    a, b = bios.make_corpus(cfg), bios.make_corpus(cfg)
+    assert a.train == b.train and a.vocab == b.vocab and a.facts == b.facts
+    assert len(a.facts) == 80 and len({f[0] for f in a.facts}) == 40
+    first_names = {f[0].split()[0] for f in a.facts}
+    assert len(first_names) < 40  # a first name alone does not identify a person
+    train_text = {a.decode(s) for s in a.train}
+    for prompt, answer in zip(a.eval_prompts["held_out"], a.eval_answers["held_out"]):
+        text = a.decode(prompt)
+        assert not any(t.startswith(text) for t in train_text)  # this phrasing is never trained on
+        assert a.vocab[answer] in {f[2] for f in a.facts}
+    for prompt, answer in zip(a.eval_prompts["train_phrasing"], a.eval_answers["train_phrasing"]):
+        assert a.decode(prompt) + " " + a.vocab[answer] + " <eos>" in train_text
+    assert bios.make_corpus(bios.BioConfig(**{**cfg.__dict__, "seed": 4})).facts != a.facts
+    with pytest.raises(ValueError, match="name pairs"):
+        bios.make_corpus(bios.BioConfig(people=100, first_names=5, last_names=5))
+
+
+def test_model_flops_are_matched():
+    corpus = bios.make_corpus(lm.PRESETS["tiny"].corpus)
+    cfgs = lm.model_configs(lm.PRESETS["tiny"].model, len(corpus.vocab), 16)
+    flops = {name: lm.LM(len(corpus.vocab), 16, cfg).flops_per_token(16) for name, cfg in cfgs.items()}
+    assert abs(flops["memory"] / flops["dense"] - 1) < 0.005
+    assert abs(flops["dense_2x"] / flops["dense"] - 2) < 0.02
+    memory_blocks = [b for b in lm.LM(len(corpus.vocab), 16, cfgs["memory"]).blocks
+                     if not isinstance(b.mixer, lm.FeedForward)]
+    assert len(memory_blocks) == len(lm.PRESETS["tiny"].model.memory_layers)
+
+
+def test_tiny_preset_end_to_end(tmp_path):
+    lines = []
+    result = lm.run("tiny", device="cpu", out=str(tmp_path), log=lines.append)
+    on_disk = json.loads((tmp_path / "lm.json").read_text())
+    assert on_disk["models"].keys() == {"dense", "memory", "dense_2x"}
+    assert (tmp_path / "lm.png").read_bytes()[:4] == b"\x89PNG"
+    for name, r in on_disk["models"].items():
+        h = r["history"]
+        assert h["step"] == [100, 200, 300, 400]
+        assert h["loss"][-1] < h["loss"][0], name
+        assert all(b > a for a, b in zip(h["train_flops"], h["train_flops"][1:]))
+        chance = 1 / on_disk["corpus"]["values_per_attribute"]
+        assert r["acc_train_phrasing"] > 5 * chance, name  # the facts it trained on are learnt
+        assert 0.0 <= r["acc_held_out"] <= 1.0
+    assert result["models"]["memory"]["params"] > result["models"]["dense"]["params"]
+    assert any(line.startswith("  [  memory] step   400/400") for line in lines)
+    assert lines[-1].startswith("dense_2x")
+
+
+def test_the_value_pool_trains_in_the_backward():
+    """The memory model's shared pool is updated by the fused row-sparse
+    optimizer inside backward: it changes, and never holds a gradient."""
+    preset = lm.PRESETS["tiny"]
+    corpus = bios.make_corpus(preset.corpus)
+    model = lm.LM(len(corpus.vocab), 16, preset.model)
+    before = model.pool.weight.detach().clone()
+    preset = lm.Preset(preset.corpus, preset.model, steps=2, batch=8, eval_every=2)
+    lm.train_model("memory", model, corpus, preset, torch.device("cpu"), 0, 16, log=lambda s: None)
+    assert model.pool.weight.grad is None
+    changed = (model.pool.weight.detach() != before).any(dim=1)
+    assert 0 < int(changed.sum()) < model.pool.weight.shape[0]  # only the rows read were updated
