@@ -2,7 +2,7 @@
 # GPU check: verifies the CUDA side on a GPU in one go and writes its results
 # into the folder given as argument.
 #
-#   bash bench/gpu_check.sh OUT_DIR [quick|full]
+#   bash bench/gpu_check.sh OUT_DIR [quick|full|lm]
 #
 # quick (default; about 150 s of command time on an H200, at
 # most about 14 minutes by its step limits):
@@ -14,6 +14,8 @@
 #   paper preset without the scaling sweeps; per-kernel device times
 #   (bench/profile_kernels.py) into profile.txt.
 # full: also the whole test suite, the sweeps and pytest-benchmark's GPU cases.
+# lm: only the build and the language-model example's gpu preset
+#   (docs/lm_example.md), its lm.json and lm.png into OUT_DIR.
 # Every step has a time limit, and steps.txt is written into OUT_DIR as each
 # step ends, so a call cut short still says how far it got. A short table is
 # printed last. Exit status is non-zero if any step failed.
@@ -23,7 +25,7 @@
 # (every log, the ptxas report, the plots).
 set -uo pipefail
 
-FINAL=${1:?usage: bash bench/gpu_check.sh OUT_DIR [quick|full]}
+FINAL=${1:?usage: bash bench/gpu_check.sh OUT_DIR [quick|full|lm]}
 MODE=${2:-quick}
 mkdir -p "$FINAL"
 OUT=$(mktemp -d)
@@ -63,7 +65,7 @@ finish() {
     echo "== bench (paper preset)"; grep -A 80 "^memkernels bench" "$OUT/bench.log" 2>/dev/null || echo "(no bench run)"
   } > "$OUT/summary.txt" 2>&1
   cp "$OUT/summary.txt" "$FINAL/"
-  cp "$OUT/bench/bench.json" "$OUT/pytest_bench.json" "$FINAL/" 2>/dev/null
+  cp "$OUT/bench/bench.json" "$OUT/pytest_bench.json" "$OUT/lm/lm.json" "$OUT/lm/lm.png" "$FINAL/" 2>/dev/null
   tar czf "$FINAL/logs.tgz" -C "$OUT" .
   cat "$OUT/summary.txt"
   exit "$status"
@@ -71,6 +73,12 @@ finish() {
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
+if [ "$MODE" = lm ]; then
+  step build 240 "$PY" setup.py build_ext --inplace || finish
+  step lm 420 "$PY" -m memkernels.examples.lm --preset gpu --out "$OUT/lm"
+  tail -n 5 "$OUT/lm.log" >> "$OUT/gpu.txt"
+  finish
+fi
 # The core library builds (and its CTest suite runs) beside the extension's build.
 step core_build 300 bash -c "cmake -S . -B '$CORE_BUILD' -G Ninja -DMEMKERNELS_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES=${ARCH/./} -DCMAKE_BUILD_TYPE=Release && \

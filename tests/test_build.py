@@ -54,10 +54,14 @@ def test_installed_version_names_its_build():
     """A build's version carries the CUDA and torch it was compiled against
     (0.1.0+cu130torch2.14, 0.1.0+cputorch2.14) and it requires that torch
     series: torch's C++ ABI holds only within a series."""
+    try:
+        version = importlib.metadata.version("memkernels")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("memkernels runs from a source-tree build (setup.py build_ext --inplace): no package metadata")
     info = memkernels.build_info()
     major, minor = (int(x) for x in info["torch"].split("+")[0].split(".")[:2])
     device = "cu" + info["cuda"].replace(".", "") if "cuda" in info["backends"] else "cpu"
-    assert importlib.metadata.version("memkernels") == f"{info['version']}+{device}torch{major}.{minor}"
+    assert version == f"{info['version']}+{device}torch{major}.{minor}"
     torch_req = [r for r in importlib.metadata.requires("memkernels") if r.startswith("torch")]
     assert len(torch_req) == 1, torch_req
     assert set(torch_req[0][len("torch"):].split(",")) == {f">={major}.{minor}", f"<{major}.{minor + 1}"}
