@@ -132,7 +132,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "compare.json"), "w") as f:
             json.dump(c, f, indent=1)
-        c["plots"] = draw_comparison(c, args.out)
+        notices: List[str] = []
+        c["plots"] = draw_comparison(c, args.out, notices)
+        for msg in notices:
+            print(msg)
     print(format_comparison(c, args.before, args.after))
     for msg in c["regressions"]:
         print(f"REGRESSION {msg}")

@@ -21,14 +21,17 @@ from typing import Dict, List, Optional
 MISSING = "plots need matplotlib: pip install 'memkernels[plot]' (the table and bench.json are written without it)"
 
 
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, or None."""
+def pyplot(notice: Optional[list] = None):
+    """matplotlib's pyplot on the file-only Agg backend; None without
+    matplotlib, and then MISSING is appended to ``notice`` when given."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        if notice is not None:
+            notice.append(MISSING)
         return None
     return plt
 
@@ -128,11 +131,9 @@ def draw_plots(result: Dict[str, object], out_dir: str, notice: Optional[list] =
     """Draws the pictures of a bench result into out_dir; returns the files
     written (none without matplotlib, and then MISSING is appended to
     ``notice`` when given)."""
-    plt = _pyplot()
+    plt = pyplot(notice)
     files: List[str] = []
     if plt is None:
-        if notice is not None:
-            notice.append(MISSING)
         return files
     device = result.get("environment", {}).get("device", "device")
     roofline(plt, result, os.path.join(out_dir, f"roofline_{device}.png"), files)
@@ -150,11 +151,9 @@ def draw_plots(result: Dict[str, object], out_dir: str, notice: Optional[list] =
 def draw_comparison(c: Dict[str, object], out_dir: str, notice: Optional[list] = None) -> List[str]:
     """compare.png: the time ratio B/A of each matched row; regressions in
     red, slower-within-the-noise in orange."""
-    plt = _pyplot()
+    plt = pyplot(notice)
     files: List[str] = []
     if plt is None:
-        if notice is not None:
-            notice.append(MISSING)
         return files
     rows = c["rows"]
     if not rows:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..bench.plots import MISSING, pyplot
 from ..nn import ProductKeyMemory, ValuePool, param_groups
 from ..optim import SparseRowOptimizer
 from .bios import BioConfig, BioCorpus, make_corpus, pad_batch
@@ -265,12 +266,8 @@ def train_model(name: str, model: LM, corpus: BioCorpus, preset: Preset, device,
 def draw(result: Dict[str, object], path: str) -> Optional[str]:
     """lm.png: loss and held-out accuracy against steps and training FLOPs
     (None without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for name, r in result["models"].items():
@@ -341,7 +338,7 @@ def run(preset_name: str, device: str = "cpu", seed: int = 0, out: Optional[str]
             json.dump(result, f, indent=1)
         result["plot"] = draw(result, os.path.join(out, "lm.png"))
         if result["plot"] is None:
-            log("lm.png needs matplotlib: pip install 'memkernels[plot]'")
+            log(MISSING)
     return result
 
 
