@@ -27,7 +27,7 @@ if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ:
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 import torch  # noqa: E402
-from setuptools import setup  # noqa: E402
+from setuptools import Extension, setup  # noqa: E402
 from setuptools.command.build_py import build_py  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
 
@@ -149,12 +149,17 @@ def git_commit():
 
 
 class BuildPyWithCommit(build_py):
-    """Also writes memkernels/BUILD_COMMIT, so a bench result from an
-    installed package can name the code it ran (the extension's compile
-    flags stay the same from commit to commit: no rebuild)."""
+    """Also installs the C ABI header as memkernels/include/memkernels.h
+    (memkernels.capi.include_dir()), and writes memkernels/BUILD_COMMIT, so a
+    bench result from an installed package can name the code it ran (the
+    extension's compile flags stay the same from commit to commit: no
+    rebuild)."""
 
     def run(self):
         super().run()
+        include = os.path.join(self.build_lib, "memkernels", "include")
+        os.makedirs(include, exist_ok=True)
+        self.copy_file(os.path.join(ROOT, "csrc", "core", "memkernels.h"), os.path.join(include, "memkernels.h"))
         commit = git_commit()
         if commit:
             target = os.path.join(self.build_lib, "memkernels", "BUILD_COMMIT")
@@ -163,68 +168,81 @@ class BuildPyWithCommit(build_py):
                 f.write(commit + "\n")
 
 
-def nvidia_include_dirs():
-    """Headers torch's CUDA headers include (cusparse.h, cublas_v2.h) ship in pip packages."""
-    dirs = []
-    for base in sys.path:
-        dirs += glob.glob(os.path.join(base, "nvidia", "cu*", "include"))
-        dirs += glob.glob(os.path.join(base, "nvidia", "*", "include"))
-    return sorted(set(d for d in dirs if os.path.isdir(d)))
-
-
 def sources(*patterns):
     """Repository-relative paths of the files matching the patterns: the
     layout is the source list (CMakeLists.txt globs the same core files)."""
     return sorted(os.path.relpath(p, ROOT) for pat in patterns for p in glob.glob(os.path.join(ROOT, pat)))
 
 
-def extension():
+CORE_LIB = "libmemkernels_core.so"
+
+
+def extensions():
+    """The torch-free core as a shared library (memkernels/libmemkernels_core.so,
+    the C ABI of csrc/core/memkernels.h: what the glue calls, and what other
+    frameworks load), and the torch glue memkernels._C linked against it."""
     with_cuda = want_cuda()
-    cpu_sources = sources("csrc/core/*.cpp", "csrc/torch/*.cpp")
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
-    defines = [
-        ("MK_VERSION", f'"{VERSION}"'),
-        ("MK_TORCH_VERSION", f'"{torch.__version__}"'),
-    ]
-    kwargs = dict(
-        name="memkernels._C",
-        include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_link_args=["-fopenmp"] + shared_libstdcxx_link_args(),
-        py_limited_api=False,
-    )
-    if not with_cuda:
-        kwargs["sources"] = cpu_sources
-        kwargs["extra_compile_args"] = {"cxx": cxx}
-        kwargs["define_macros"] = defines
-        return cpp_extension.CppExtension(**kwargs), False
-
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_archs(nvcc_version())
-    archs = os.environ["TORCH_CUDA_ARCH_LIST"]
-    defines += [
-        ("MK_WITH_CUDA", "1"),
-        ("MK_CUDA_ARCHS", f'"{archs}"'),
-        ("MK_CUDA_VERSION", f'"{torch.version.cuda}"'),
-    ]
-    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
-    nvcc += [f"-D{k}={v}" for k, v in defines]
-    if os.environ.get("NVCC_THREADS", "").strip():
-        # nvcc compiles a file's architectures in parallel with --threads.
-        nvcc += ["--threads", os.environ["NVCC_THREADS"].strip()]
-    if os.environ.get("MEMKERNELS_PTXAS_VERBOSE") == "1":
-        nvcc += ["-Xptxas", "-v"]
-    kwargs["sources"] = cpu_sources + sources("csrc/core/*.cu")
-    kwargs["include_dirs"] += nvidia_include_dirs()
-    kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": nvcc}
-    kwargs["define_macros"] = defines
-    return cpp_extension.CUDAExtension(**kwargs), True
+    defines = [("MK_VERSION", f'"{VERSION}"'), ("MK_TORCH_VERSION", f'"{torch.__version__}"')]
+    link = ["-fopenmp"] + shared_libstdcxx_link_args()
+    core = dict(name="memkernels.libmemkernels_core", sources=sources("csrc/core/*.cpp"),
+                include_dirs=[os.path.join(ROOT, "csrc", "core")], extra_link_args=list(link),
+                extra_compile_args={"cxx": cxx}, py_limited_api=False)
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_archs(nvcc_version())
+        archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+        defines += [
+            ("MK_WITH_CUDA", "1"),
+            ("MK_CUDA_ARCHS", f'"{archs}"'),
+            ("MK_CUDA_VERSION", f'"{torch.version.cuda}"'),
+        ]
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        nvcc += [f"-D{k}={v}" for k, v in defines]
+        if os.environ.get("NVCC_THREADS", "").strip():
+            # nvcc compiles a file's architectures in parallel with --threads.
+            nvcc += ["--threads", os.environ["NVCC_THREADS"].strip()]
+        if os.environ.get("MEMKERNELS_PTXAS_VERBOSE") == "1":
+            nvcc += ["-Xptxas", "-v"]
+        core["sources"] += sources("csrc/core/*.cu")
+        core["extra_compile_args"]["nvcc"] = nvcc
+        # The CUDA runtime: torch's (already loaded, same soname) inside a torch
+        # process; elsewhere the pip package nvidia-cuda-runtime's, then the system's.
+        core["library_dirs"] = [os.path.join(cpp_extension.CUDA_HOME, "lib64")]
+        core["libraries"] = ["cudart"]
+        core["extra_link_args"] += ["-Wl,-rpath,$ORIGIN/../nvidia/cu13/lib:$ORIGIN/../nvidia/cuda_runtime/lib"]
+    core["define_macros"] = list(defines)
+    glue = cpp_extension.CppExtension(
+        name="memkernels._C", sources=sources("csrc/torch/*.cpp"), include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=list(defines), extra_compile_args={"cxx": cxx},
+        extra_link_args=link + ["-Wl,-rpath,$ORIGIN"], py_limited_api=False)
+    return [Extension(**core), glue], with_cuda
 
 
-ext, built_with_cuda = extension()
+class BuildExt(cpp_extension.BuildExtension):
+    """Builds the core library first, named libmemkernels_core.so (not a
+    Python module name), then links memkernels._C against it; _C finds it
+    next to itself at run time (rpath $ORIGIN)."""
+
+    def get_ext_filename(self, fullname):
+        parts = fullname.split(".")
+        if parts[-1] == "libmemkernels_core":
+            return os.path.join(*parts[:-1], CORE_LIB)
+        return super().get_ext_filename(fullname)
+
+    def build_extension(self, ext):
+        if ext.name == "memkernels._C":
+            core_dir = os.path.dirname(self.get_ext_fullpath("memkernels.libmemkernels_core"))
+            ext.library_dirs = list(ext.library_dirs) + [core_dir]
+            ext.extra_link_args = list(ext.extra_link_args) + [f"-l:{CORE_LIB}"]
+        super().build_extension(ext)
+
+
+ext_modules, built_with_cuda = extensions()
 
 setup(
     version=VERSION if BUILDING_SDIST else f"{VERSION}+{local_tag(built_with_cuda)}",
     install_requires=requirements(built_with_cuda),
-    ext_modules=[ext],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithCommit},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True), "build_py": BuildPyWithCommit},
 )

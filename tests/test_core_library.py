@@ -1,6 +1,8 @@
 """The torch-free core: CMakeLists.txt builds it as a shared library with its
-own C/C++ tests (CTest), and its C ABI works from numpy through ctypes in a
-process that never imports torch."""
+own C/C++ tests (CTest); the installed package ships the same library and
+its header; and the C ABI works from numpy through the package's ctypes
+bindings in a process that never imports torch, and from a C program
+compiled against the installed header and library."""
 
 import os
 import shutil
@@ -46,3 +48,25 @@ def test_c_abi_from_numpy_without_torch(core_build):
     res = subprocess.run([sys.executable, script, lib], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "capi_numpy: ok" in res.stdout
+
+
+def test_installed_library_from_numpy_without_torch():
+    from memkernels import capi
+
+    script = os.path.join(ROOT, "tests", "core", "capi_numpy.py")
+    res = subprocess.run([sys.executable, script, capi.library_path(), capi.__file__], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "capi_numpy: ok" in res.stdout
+
+
+def test_installed_header_and_library_serve_a_c_caller(tmp_path):
+    from memkernels import capi
+
+    lib, include = capi.library_path(), capi.include_dir()
+    assert os.path.exists(os.path.join(include, "memkernels.h"))
+    exe = str(tmp_path / "c_abi")
+    subprocess.run(["cc", "-std=c99", os.path.join(ROOT, "tests", "core", "test_c_abi.c"), "-I", include, lib,
+                    "-Wl,-rpath," + os.path.dirname(lib), "-lm", "-o", exe], check=True, capture_output=True, text=True)
+    res = subprocess.run([exe], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert capi.library().lib.mk_abi_version() == capi.ABI_VERSION

@@ -1,5 +1,6 @@
 // The C ABI: argument checks and dispatch to the CPU or CUDA implementation.
 #include <cstdio>
+#include <new>
 #include <string>
 
 #include "dtypes_internal.h"
@@ -75,6 +76,19 @@ mk_status row_update_check_args(const mk_sparse_row_update_args* a) {
 
 namespace {
 
+// No C++ exception crosses the C ABI: host allocations that fail become
+// MK_ERR_OUT_OF_MEMORY, anything else MK_ERR_INTERNAL.
+template <class F>
+mk_status guarded(F&& f) noexcept {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return MK_ERR_OUT_OF_MEMORY;
+  } catch (...) {
+    return MK_ERR_INTERNAL;
+  }
+}
+
 mk_status scratch_bytes(const mk_embedding_bag_bwd_args& a, mk_device device, size_t* bytes) {
   if (device == MK_CPU) {
     *bytes = eb_backward_scratch_cpu(a);
@@ -101,6 +115,8 @@ mk_status layout_for(const mk_embedding_bag_bwd_args& a, mk_device device, size_
 
 extern "C" {
 
+int mk_abi_version(void) { return MK_ABI_VERSION; }
+
 const char* mk_status_string(mk_status status) {
   switch (status) {
     case MK_OK: return "ok";
@@ -109,6 +125,8 @@ const char* mk_status_string(mk_status status) {
     case MK_ERR_UNSUPPORTED: return "unsupported dtype or device in this build";
     case MK_ERR_CUDA: return "CUDA error";
     case MK_ERR_WORKSPACE_TOO_SMALL: return "workspace too small";
+    case MK_ERR_OUT_OF_MEMORY: return "out of host memory";
+    case MK_ERR_INTERNAL: return "internal error";
   }
   return "unknown status";
 }
@@ -145,113 +163,127 @@ size_t mk_struct_size(const char* name) {
 
 mk_status mk_embedding_bag_forward(const mk_embedding_bag_fwd_args* args, mk_device device,
                                    void* stream) {
-  mk_status st = mk::eb_check_fwd_args(args);
-  if (st != MK_OK) return st;
-  if (args->num_bags == 0) return MK_OK;
-  if (device == MK_CPU) return mk::eb_forward_cpu(*args);
+  return mk::guarded([&]() -> mk_status {
+    mk_status st = mk::eb_check_fwd_args(args);
+    if (st != MK_OK) return st;
+    if (args->num_bags == 0) return MK_OK;
+    if (device == MK_CPU) return mk::eb_forward_cpu(*args);
 #ifdef MK_WITH_CUDA
-  if (device == MK_CUDA) return mk::eb_forward_cuda(*args, stream);
+    if (device == MK_CUDA) return mk::eb_forward_cuda(*args, stream);
 #endif
-  (void)stream;
-  return MK_ERR_UNSUPPORTED;
+    (void)stream;
+    return MK_ERR_UNSUPPORTED;
+  });
 }
 
 mk_status mk_embedding_bag_backward_workspace_size(const mk_embedding_bag_bwd_args* args,
                                                    mk_device device, size_t* bytes) {
-  mk_status st = mk::eb_check_bwd_args(args);
-  if (st != MK_OK) return st;
-  if (!bytes) return MK_ERR_INVALID_ARGUMENT;
-  size_t scratch = 0;
-  st = mk::scratch_bytes(*args, device, &scratch);
-  if (st != MK_OK) return st;
-  *bytes = mk::eb_workspace_layout(*args, scratch).total;
-  return MK_OK;
+  return mk::guarded([&]() -> mk_status {
+    mk_status st = mk::eb_check_bwd_args(args);
+    if (st != MK_OK) return st;
+    if (!bytes) return MK_ERR_INVALID_ARGUMENT;
+    size_t scratch = 0;
+    st = mk::scratch_bytes(*args, device, &scratch);
+    if (st != MK_OK) return st;
+    *bytes = mk::eb_workspace_layout(*args, scratch).total;
+    return MK_OK;
+  });
 }
 
 mk_status mk_embedding_bag_backward_plan(const mk_embedding_bag_bwd_args* args, void* workspace,
                                          size_t workspace_bytes, mk_device device, void* stream) {
-  mk_status st = mk::eb_check_bwd_args(args);
-  if (st != MK_OK) return st;
-  if (!workspace) return MK_ERR_INVALID_ARGUMENT;
-  mk::EbWorkspaceLayout l;
-  st = mk::layout_for(*args, device, workspace_bytes, &l);
-  if (st != MK_OK) return st;
-  char* ws = static_cast<char*>(workspace);
-  if (device == MK_CPU) return mk::eb_backward_plan_cpu(*args, ws, l);
+  return mk::guarded([&]() -> mk_status {
+    mk_status st = mk::eb_check_bwd_args(args);
+    if (st != MK_OK) return st;
+    if (!workspace) return MK_ERR_INVALID_ARGUMENT;
+    mk::EbWorkspaceLayout l;
+    st = mk::layout_for(*args, device, workspace_bytes, &l);
+    if (st != MK_OK) return st;
+    char* ws = static_cast<char*>(workspace);
+    if (device == MK_CPU) return mk::eb_backward_plan_cpu(*args, ws, l);
 #ifdef MK_WITH_CUDA
-  if (device == MK_CUDA) return mk::eb_backward_plan_cuda(*args, ws, l, stream);
+    if (device == MK_CUDA) return mk::eb_backward_plan_cuda(*args, ws, l, stream);
 #endif
-  (void)stream;
-  return MK_ERR_UNSUPPORTED;
+    (void)stream;
+    return MK_ERR_UNSUPPORTED;
+  });
 }
 
 mk_status mk_embedding_bag_backward_count(const mk_embedding_bag_bwd_args* args,
                                           const void* workspace, mk_device device, void* stream,
                                           int64_t* num_unique) {
-  mk_status st = mk::eb_check_bwd_args(args);
-  if (st != MK_OK) return st;
-  if (!workspace || !num_unique) return MK_ERR_INVALID_ARGUMENT;
-  const mk::EbWorkspaceLayout l = mk::eb_workspace_layout(*args, 0);
-  const char* ws = static_cast<const char*>(workspace);
-  if (device == MK_CPU) {
-    *num_unique = reinterpret_cast<const int32_t*>(ws + l.counters)[mk::kNumUnique];
-    return MK_OK;
-  }
+  return mk::guarded([&]() -> mk_status {
+    mk_status st = mk::eb_check_bwd_args(args);
+    if (st != MK_OK) return st;
+    if (!workspace || !num_unique) return MK_ERR_INVALID_ARGUMENT;
+    const mk::EbWorkspaceLayout l = mk::eb_workspace_layout(*args, 0);
+    const char* ws = static_cast<const char*>(workspace);
+    if (device == MK_CPU) {
+      *num_unique = reinterpret_cast<const int32_t*>(ws + l.counters)[mk::kNumUnique];
+      return MK_OK;
+    }
 #ifdef MK_WITH_CUDA
-  if (device == MK_CUDA) return mk::eb_backward_count_cuda(ws, l, stream, num_unique);
+    if (device == MK_CUDA) return mk::eb_backward_count_cuda(ws, l, stream, num_unique);
 #endif
-  (void)stream;
-  return MK_ERR_UNSUPPORTED;
+    (void)stream;
+    return MK_ERR_UNSUPPORTED;
+  });
 }
 
 mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_args* args, void* workspace,
                                            size_t workspace_bytes, mk_device device,
                                            void* stream) {
-  mk_status st = mk::eb_check_bwd_args(args);
-  if (st != MK_OK) return st;
-  if (!workspace) return MK_ERR_INVALID_ARGUMENT;
-  mk::EbWorkspaceLayout l;
-  st = mk::layout_for(*args, device, workspace_bytes, &l);
-  if (st != MK_OK) return st;
-  char* ws = static_cast<char*>(workspace);
-  if (device == MK_CPU) return mk::eb_backward_reduce_cpu(*args, ws, l);
+  return mk::guarded([&]() -> mk_status {
+    mk_status st = mk::eb_check_bwd_args(args);
+    if (st != MK_OK) return st;
+    if (!workspace) return MK_ERR_INVALID_ARGUMENT;
+    mk::EbWorkspaceLayout l;
+    st = mk::layout_for(*args, device, workspace_bytes, &l);
+    if (st != MK_OK) return st;
+    char* ws = static_cast<char*>(workspace);
+    if (device == MK_CPU) return mk::eb_backward_reduce_cpu(*args, ws, l);
 #ifdef MK_WITH_CUDA
-  if (device == MK_CUDA) {
-    if (args->update) return MK_ERR_UNSUPPORTED;
-    return mk::eb_backward_reduce_cuda(*args, ws, l, stream);
-  }
+    if (device == MK_CUDA) {
+      if (args->update) return MK_ERR_UNSUPPORTED;
+      return mk::eb_backward_reduce_cuda(*args, ws, l, stream);
+    }
 #endif
-  (void)stream;
-  return MK_ERR_UNSUPPORTED;
+    (void)stream;
+    return MK_ERR_UNSUPPORTED;
+  });
 }
 
 mk_status mk_sparse_row_update(const mk_sparse_row_update_args* args, mk_device device,
                                void* stream) {
-  mk_status st = mk::row_update_check_args(args);
-  if (st != MK_OK) return st;
-  if (args->num_updates == 0) return MK_OK;
-  if (device == MK_CPU) return mk::row_update_cpu(*args);
+  return mk::guarded([&]() -> mk_status {
+    mk_status st = mk::row_update_check_args(args);
+    if (st != MK_OK) return st;
+    if (args->num_updates == 0) return MK_OK;
+    if (device == MK_CPU) return mk::row_update_cpu(*args);
 #ifdef MK_WITH_CUDA
-  if (device == MK_CUDA) return mk::row_update_cuda(*args, stream);
+    if (device == MK_CUDA) return mk::row_update_cuda(*args, stream);
 #endif
-  (void)stream;
-  return MK_ERR_UNSUPPORTED;
+    (void)stream;
+    return MK_ERR_UNSUPPORTED;
+  });
 }
 
 mk_status mk_pk_topk_fused(const mk_pk_topk_args* a, mk_device device, void* stream) {
-  if (!a || a->num_tokens < 0 || a->num_heads < 0 || a->half_dim < 1) return MK_ERR_INVALID_ARGUMENT;
-  if (a->num_keys < 1 || a->num_keys > MK_PK_MAX_KEYS || a->k < 1 || a->k > a->num_keys)
-    return MK_ERR_INVALID_ARGUMENT;
-  if (a->dtype != MK_F16 && a->dtype != MK_BF16) return MK_ERR_UNSUPPORTED;
-  if (a->k > MK_PK_FUSED_MAX_K) return MK_ERR_UNSUPPORTED;
-  if (a->num_tokens * a->num_heads == 0) return MK_OK;
-  if (!a->query || !a->keys || !a->out_scores || !a->out_indices) return MK_ERR_INVALID_ARGUMENT;
+  return mk::guarded([&]() -> mk_status {
+    if (!a || a->num_tokens < 0 || a->num_heads < 0 || a->half_dim < 1) return MK_ERR_INVALID_ARGUMENT;
+    if (a->num_keys < 1 || a->num_keys > MK_PK_MAX_KEYS || a->k < 1 || a->k > a->num_keys)
+      return MK_ERR_INVALID_ARGUMENT;
+    if (a->dtype != MK_F16 && a->dtype != MK_BF16) return MK_ERR_UNSUPPORTED;
+    if (a->k > MK_PK_FUSED_MAX_K) return MK_ERR_UNSUPPORTED;
+    if (a->num_tokens * a->num_heads == 0) return MK_OK;
+    if (!a->query || !a->keys || !a->out_scores || !a->out_indices) return MK_ERR_INVALID_ARGUMENT;
 #ifdef MK_WITH_CUDA
-  if (device == MK_CUDA) return mk::pk_topk_fused_cuda(*a, stream);
+    if (device == MK_CUDA) return mk::pk_topk_fused_cuda(*a, stream);
 #endif
-  (void)device;
-  (void)stream;
-  return MK_ERR_UNSUPPORTED;
+    (void)device;
+    (void)stream;
+    return MK_ERR_UNSUPPORTED;
+  });
 }
 
 #ifndef MK_WITH_CUDA
@@ -265,15 +297,17 @@ mk_status mk_cuda_device_check(int device, int* major, int* minor) {
 #endif
 
 mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, void* stream) {
-  mk_status st = mk::pk_check_select_args(args);
-  if (st != MK_OK) return st;
-  if (args->num_tokens * args->num_heads == 0) return MK_OK;
-  if (device == MK_CPU) return mk::pk_select_cpu(*args);
+  return mk::guarded([&]() -> mk_status {
+    mk_status st = mk::pk_check_select_args(args);
+    if (st != MK_OK) return st;
+    if (args->num_tokens * args->num_heads == 0) return MK_OK;
+    if (device == MK_CPU) return mk::pk_select_cpu(*args);
 #ifdef MK_WITH_CUDA
-  if (device == MK_CUDA) return mk::pk_select_cuda(*args, stream);
+    if (device == MK_CUDA) return mk::pk_select_cuda(*args, stream);
 #endif
-  (void)stream;
-  return MK_ERR_UNSUPPORTED;
+    (void)stream;
+    return MK_ERR_UNSUPPORTED;
+  });
 }
 
 }  // extern "C"

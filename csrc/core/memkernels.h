@@ -41,7 +41,9 @@ typedef enum mk_status {
   MK_ERR_INDEX_OUT_OF_RANGE = 2, /* an index is outside [0, num_rows) */
   MK_ERR_UNSUPPORTED = 3,        /* dtype or device this build does not support */
   MK_ERR_CUDA = 4,               /* a CUDA runtime call or launch failed */
-  MK_ERR_WORKSPACE_TOO_SMALL = 5
+  MK_ERR_WORKSPACE_TOO_SMALL = 5,
+  MK_ERR_OUT_OF_MEMORY = 6, /* a host allocation for scratch failed */
+  MK_ERR_INTERNAL = 7       /* anything else a call could not complete; never an exception */
 } mk_status;
 
 typedef enum mk_dtype { MK_F32 = 0, MK_F16 = 1, MK_BF16 = 2, MK_F64 = 3 } mk_dtype;
@@ -182,6 +184,12 @@ typedef struct mk_pk_topk_args {
   float* out_scores;    /* [T, H, k] */
   int64_t* out_indices; /* [T, H, k] */
 } mk_pk_topk_args;
+
+/* The ABI's version: raised whenever a struct's layout or a function's
+ * signature or meaning changes incompatibly. A caller compiled against this
+ * header checks mk_abi_version() == MK_ABI_VERSION before its first call. */
+#define MK_ABI_VERSION 1
+MK_API int mk_abi_version(void);
 
 MK_API const char* mk_status_string(mk_status status);
 /* JSON text: version, backends built, CUDA version and architectures. */

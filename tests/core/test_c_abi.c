@@ -6,6 +6,10 @@
 #include "memkernels.h"
 
 int main(void) {
+  if (mk_abi_version() != MK_ABI_VERSION) {
+    fprintf(stderr, "test_c_abi: library ABI %d, header ABI %d\n", mk_abi_version(), MK_ABI_VERSION);
+    return 1;
+  }
   float values[3 * 2] = {1, 2, 3, 4, 5, 6};
   int32_t indices[2 * 2] = {0, 2, 1, 1};
   float weights[2 * 2] = {1.0f, 0.5f, 2.0f, -1.0f};
