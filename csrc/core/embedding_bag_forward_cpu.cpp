@@ -53,15 +53,18 @@ MK_INLINE void bag_tile(const FwdView<V, I>& f, int64_t t, int64_t c0) {
   for (int i = 0; i < W; ++i) o[i] = from_acc<V>(acc[i]);
 }
 
-// Bags [t0, t1): column tiles of kTile in registers, then the remainder
-// through a D-long scratch row.
+// Bags [t0, t1): column tiles of kTile in registers, then tiles of 64 (when
+// kTile is wider), then the last D % 64 columns through a scratch row.
 template <int kTile, class V, class I, class A>
 MK_CLONES void forward_bags(const FwdView<V, I>& f, A* __restrict acc, int64_t t0, int64_t t1) {
-  const int64_t full = f.D / kTile * kTile;
+  constexpr int64_t kNarrow = 64;
+  const int64_t wide_end = f.D / kTile * kTile;
+  const int64_t full = kTile > kNarrow ? f.D / kNarrow * kNarrow : wide_end;
   const int64_t rest = f.D - full;
   const int64_t P = f.T * f.B;
   for (int64_t t = t0; t < t1; ++t) {
-    for (int64_t c0 = 0; c0 < full; c0 += kTile) bag_tile<kTile, V, I, A>(f, t, c0);
+    for (int64_t c0 = 0; c0 < wide_end; c0 += kTile) bag_tile<kTile, V, I, A>(f, t, c0);
+    for (int64_t c0 = wide_end; c0 < full; c0 += kNarrow) bag_tile<kNarrow, V, I, A>(f, t, c0);
     if (rest == 0) continue;
     std::fill(acc, acc + rest, A(0));
     for (int64_t j = 0; j < f.B; ++j) {
@@ -106,12 +109,17 @@ mk_status forward(const mk_embedding_bag_fwd_args& a) {
 #else
     const int64_t nt = 1, me = 0;
 #endif
-    // Column tiles held in registers: 16 AVX-512 vectors, or 8 AVX2 ones,
-    // enough independent accumulators to hide the FMA latency.
-    if (wide_vectors())
-      forward_bags<256>(f, acc.data(), T * me / nt, T * (me + 1) / nt);
+    // Column tiles held in registers: up to 16 AVX-512 vectors, or 8 AVX2
+    // ones, enough independent accumulators to hide the FMA latency. The
+    // widest tile that fits D, so a row narrower than 256 columns still
+    // sums in registers rather than through the scratch row.
+    const int64_t t0 = T * me / nt, t1 = T * (me + 1) / nt;
+    if (wide_vectors() && D >= 256)
+      forward_bags<256>(f, acc.data(), t0, t1);
+    else if (wide_vectors() && D >= 128)
+      forward_bags<128>(f, acc.data(), t0, t1);
     else
-      forward_bags<64>(f, acc.data(), T * me / nt, T * (me + 1) / nt);
+      forward_bags<64>(f, acc.data(), t0, t1);
   }
   return MK_OK;
 }
