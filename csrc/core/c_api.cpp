@@ -110,6 +110,16 @@ mk_status layout_for(const mk_embedding_bag_bwd_args& a, mk_device device, size_
   return MK_OK;
 }
 
+// The checks the backward's plan and reduce share: the arguments, the
+// workspace, and its layout for this device.
+mk_status backward_layout(const mk_embedding_bag_bwd_args* a, const void* workspace,
+                          size_t workspace_bytes, mk_device device, EbWorkspaceLayout* l) {
+  mk_status st = eb_check_bwd_args(a);
+  if (st != MK_OK) return st;
+  if (!workspace) return MK_ERR_INVALID_ARGUMENT;
+  return layout_for(*a, device, workspace_bytes, l);
+}
+
 }  // namespace
 }  // namespace mk
 
@@ -193,11 +203,8 @@ mk_status mk_embedding_bag_backward_workspace_size(const mk_embedding_bag_bwd_ar
 mk_status mk_embedding_bag_backward_plan(const mk_embedding_bag_bwd_args* args, void* workspace,
                                          size_t workspace_bytes, mk_device device, void* stream) {
   return mk::guarded([&]() -> mk_status {
-    mk_status st = mk::eb_check_bwd_args(args);
-    if (st != MK_OK) return st;
-    if (!workspace) return MK_ERR_INVALID_ARGUMENT;
     mk::EbWorkspaceLayout l;
-    st = mk::layout_for(*args, device, workspace_bytes, &l);
+    const mk_status st = mk::backward_layout(args, workspace, workspace_bytes, device, &l);
     if (st != MK_OK) return st;
     char* ws = static_cast<char*>(workspace);
     if (device == MK_CPU) return mk::eb_backward_plan_cpu(*args, ws, l);
@@ -234,11 +241,8 @@ mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_args* args
                                            size_t workspace_bytes, mk_device device,
                                            void* stream) {
   return mk::guarded([&]() -> mk_status {
-    mk_status st = mk::eb_check_bwd_args(args);
-    if (st != MK_OK) return st;
-    if (!workspace) return MK_ERR_INVALID_ARGUMENT;
     mk::EbWorkspaceLayout l;
-    st = mk::layout_for(*args, device, workspace_bytes, &l);
+    const mk_status st = mk::backward_layout(args, workspace, workspace_bytes, device, &l);
     if (st != MK_OK) return st;
     char* ws = static_cast<char*>(workspace);
     if (device == MK_CPU) return mk::eb_backward_reduce_cpu(*args, ws, l);
