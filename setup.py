@@ -123,7 +123,7 @@ def local_tag(with_cuda):
     return f"{device}torch{major}.{minor}"
 
 
-def requirements(with_cuda):
+def requirements():
     """A wheel needs the torch series it was compiled against; the sdist any
     torch with the APIs it uses (it compiles against the one installed)."""
     if BUILDING_SDIST:
@@ -242,7 +242,7 @@ ext_modules, built_with_cuda = extensions()
 
 setup(
     version=VERSION if BUILDING_SDIST else f"{VERSION}+{local_tag(built_with_cuda)}",
-    install_requires=requirements(built_with_cuda),
+    install_requires=requirements(),
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True), "build_py": BuildPyWithCommit},
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -125,8 +126,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
         print(f"compare: refused: {e}", file=sys.stderr)
         raise SystemExit(2)
     if args.out:
-        import os
-
         from .plots import draw_comparison
 
         os.makedirs(args.out, exist_ok=True)
