@@ -49,6 +49,26 @@ class ValuePool(nn.Module):
         return self.weight.shape[0]
 
     @property
+    def sharding(self):
+        """How the table is sharded (set by
+        :func:`memkernels.distributed.shard_values`), or None."""
+        return getattr(self, "_sharding", None)
+
+    def bag(self, indices: Tensor, weights: Tensor, *, sparse: bool = False,
+            usage: Optional[Tensor] = None) -> Tensor:
+        """``out[t] = sum_j weights[t, j] * weight[indices[t, j]]`` with the
+        memkernels embedding bag (indices must lie in ``[0, n_slots)``: they
+        are not checked, so nothing synchronises). ``usage``, if given, is an
+        ``[n_slots]`` int64 hit counter to add these lookups to; on a sharded
+        table it counts every rank's lookups, so it is the same on all ranks."""
+        if self.sharding is not None:
+            return self.sharding.bag(self.weight, indices, weights, sparse=sparse, usage=usage)
+        if usage is not None:
+            flat = indices.reshape(-1).detach()
+            usage.index_add_(0, flat, torch.ones_like(flat, dtype=usage.dtype))
+        return ops.embedding_bag(self.weight, indices, weights, sparse=sparse, check_indices=False)
+
+    @property
     def v_dim(self) -> int:
         return self.weight.shape[1]
 
@@ -190,14 +210,14 @@ class ProductKeyMemory(nn.Module):
             scores, indices = reference.pk_topk(q, keys, self.knn)
         weights = torch.softmax(scores.float(), dim=-1).view(T, self.heads * self.knn)
         indices = indices.view(T, self.heads * self.knn)
-        if self.usage_counts is not None and self.training:
-            self.usage_counts.index_add_(0, indices.reshape(-1).detach(), torch.ones_like(indices.reshape(-1)))
-        table = self.values.weight
+        usage = self.usage_counts if self.training else None
         if self.backend == "kernels":
             # Indices come from pk_topk and lie in [0, n_keys**2): no check, no sync.
-            out = ops.embedding_bag(table, indices, weights, sparse=self.sparse, check_indices=False)
+            out = self.values.bag(indices, weights, sparse=self.sparse, usage=usage)
         else:
-            out = reference.embedding_bag(table, indices, weights)
+            if usage is not None:
+                usage.index_add_(0, indices.reshape(-1).detach(), torch.ones_like(indices.reshape(-1)))
+            out = reference.embedding_bag(self.values.weight, indices, weights)
         out = self.value_dropout(out)
         if self.memory_plus:
             s = F.silu(self.swilu_proj(x))

@@ -32,6 +32,26 @@ from .ops import RowUpdate
 
 __all__ = ["SparseRowOptimizer"]
 
+def _is_dtensor(t: Tensor) -> bool:
+    return isinstance(t, _dtensor_type())
+
+
+def _dtensor_type():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return ()
+    return DTensor
+
+
+def _state_like(p: Tensor, shape, dtype: torch.dtype) -> Tensor:
+    if _is_dtensor(p):
+        from .distributed import state_like
+
+        return state_like(p, shape, dtype)
+    return torch.zeros(shape, dtype=dtype, device=p.device)
+
+
 _ALGORITHMS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "adagrad_rowwise": "adagrad_rowwise"}
 
 
@@ -93,14 +113,46 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if not state:
             acc = torch.float64 if p.dtype == torch.float64 else torch.float32
-            state["step"] = 0
+            # A 0-d CPU tensor (as torch.optim's Adam keeps it): checkpoints
+            # (torch.distributed.checkpoint among them) load it in place.
+            state["step"] = torch.zeros((), dtype=torch.int64)
             kind = _ALGORITHMS[group["algorithm"]]
             if kind == "adam":
-                state["exp_avg"] = torch.zeros(p.shape, dtype=acc, device=p.device)
-                state["exp_avg_sq"] = torch.zeros(p.shape, dtype=acc, device=p.device)
+                state["exp_avg"] = _state_like(p, p.shape, acc)
+                state["exp_avg_sq"] = _state_like(p, p.shape, acc)
             elif kind == "adagrad_rowwise":
-                state["sum"] = torch.zeros(p.shape[0], dtype=acc, device=p.device)
+                state["sum"] = _state_like(p, (p.shape[0],), acc)
         return state
+
+    def init_state(self) -> None:
+        """Allocates every parameter's state now (zeros, step 0) instead of at
+        its first update: what loading a ``torch.distributed.checkpoint`` into
+        this optimizer needs."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._state(p, group)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, except that the state
+        keeps its dtype (the base class casts state to the parameter's dtype,
+        which would round a bfloat16 table's fp32 moments) and ``step`` stays
+        a CPU tensor."""
+        saved = state_dict["state"]
+        super().load_state_dict({**state_dict, "state": {}})
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        by_id = dict(zip(ids, params))
+        for pid, st in saved.items():
+            p = by_id[pid]
+            state = {}
+            for key, value in st.items():
+                if key == "step":
+                    state[key] = torch.as_tensor(value, dtype=torch.int64).reshape(()).cpu()
+                elif torch.is_tensor(value):
+                    state[key] = value.to(device=p.device)
+                else:
+                    state[key] = value
+            self.state[p] = state
 
     def _next_update(self, p: Tensor, group: dict) -> Tuple[Optional[Tensor], Optional[Tensor], RowUpdate]:
         """Counts one more step of ``p``: its state tensors and the update."""
@@ -132,6 +184,11 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if _is_dtensor(p):
+                    raise RuntimeError(
+                        "SparseRowOptimizer: a sharded value table has no sparse gradient; fuse the optimizer "
+                        "into the backward (SparseRowOptimizer.fuse / fuse_value_updates)"
+                    )
                 if not p.grad.is_sparse:
                     raise RuntimeError(
                         "SparseRowOptimizer: the gradient of a value table must be sparse "
@@ -163,4 +220,8 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         ``values``; returns the weights' gradient (a
         :data:`memkernels.ops.BackwardUpdate` hook)."""
         s1, s2, update = self._next_update(values, self._group_of(values))
+        if _is_dtensor(values):
+            from .distributed import backward_update_shard
+
+            return backward_update_shard(values, grad_out, indices, weights, update, s1, s2)
         return ops.embedding_bag_backward_update(grad_out, values, indices, weights, update, s1, s2)

@@ -1,0 +1,428 @@
+"""Memory value tables sharded by columns over ``torch.distributed``.
+
+:func:`shard_values` turns every :class:`memkernels.nn.ValuePool` of a model
+into a ``DTensor`` sharded by columns (``Shard(1)``) over a 1-D
+``DeviceMesh``, the memory-parallel group: each of its ``P`` ranks keeps all
+``N`` rows and ``D / P`` columns. Each rank feeds its own tokens; a lookup
+
+1. all-gathers every rank's indices and weights (one collective, int32
+   indices where ``N < 2**31``),
+2. runs the embedding bag on the local columns for every token of the group,
+3. returns each token's column slices to its owner (one all-to-all), which
+   puts the full rows back together.
+
+The backward is the reverse: an all-to-all hands each rank the output
+gradient of every token for its columns; the rank then updates its own
+columns (the fused row-sparse optimizer, :class:`memkernels.optim.SparseRowOptimizer`)
+or produces its column shard of the gradient; the weights' gradient, a
+partial sum per rank, goes back to the token's owner with one more
+all-to-all and is summed there in rank order. No value gradient is ever
+communicated. Rules that need a whole row (row-wise Adagrad, per-row
+clipping) all-reduce one number per touched row. The traffic model and its
+numbers are in ``docs/distributed.md``; :func:`traffic_per_lookup` states it.
+
+Every rank of the group must run the same lookups (forward and backward) in
+the same order: they are collective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+from . import ops
+from .nn import _VALUES_MARK, ProductKeyMemory, ValuePool
+
+__all__ = ["shard_values", "ColumnSharding", "traffic_per_lookup", "comm_stats", "reset_comm_stats",
+           "is_sharded", "local_shard", "all_reduce_dense_grads"]
+
+_VALUE_GRAD = ("mean", "sum")
+# all_gather_single replaced all_gather_tensor (torch 2.14); both gather along a dim.
+_all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+
+# Bytes this process has sent through the sharded lookups' collectives, by
+# kind (host-side bookkeeping from shapes only: nothing synchronises).
+_COMM: Dict[str, int] = {"gather": 0, "outputs": 0, "grad_outputs": 0, "grad_weights": 0, "row_stats": 0,
+                         "token_counts": 0}
+
+
+def comm_stats() -> Dict[str, int]:
+    """Bytes this process sent through the sharded lookups' collectives since
+    :func:`reset_comm_stats`, by kind: ``gather`` (indices and weights),
+    ``outputs`` (column slices back to their owners), ``grad_outputs``,
+    ``grad_weights``, ``row_stats`` (row-wise rules), ``token_counts``. A byte
+    a rank keeps for itself is not counted."""
+    return dict(_COMM)
+
+
+def reset_comm_stats() -> None:
+    for k in _COMM:
+        _COMM[k] = 0
+
+
+def is_sharded(t: Tensor) -> bool:
+    return isinstance(t, DTensor)
+
+
+def local_shard(t: Optional[Tensor]) -> Optional[Tensor]:
+    """The local tensor of a DTensor; anything else as it is."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+# ---- the traffic model ------------------------------------------------------------------
+
+
+def traffic_per_lookup(tokens: int, dim: int, lookups: int, world: int, value_bytes: int = 2,
+                       weight_bytes: int = 4, index_bytes: int = 4, layout: str = "columns") -> Dict[str, int]:
+    """Bytes each rank sends for one memory lookup (forward and backward) when
+    every rank of a ``world``-rank group feeds ``tokens`` tokens of
+    ``lookups`` (heads x knn) slots each into a ``[N, dim]`` table.
+
+    ``layout="columns"`` is what this module does; ``layout="rows"`` is the
+    alternative (each rank holds ``N / world`` whole rows): every token's
+    lookups hit every row shard, so each rank sums partial rows for every
+    token of the group and reduce-scatters them (in fp32, ``4`` bytes, to keep
+    the accumulation exact), and the backward all-gathers the output
+    gradient. Returns a dict of bytes by kind and ``"total"``.
+    """
+    P, T, D, K = world, tokens, dim, lookups
+    others = P - 1
+    if layout == "columns":
+        out = {
+            "gather": others * T * K * (index_bytes + weight_bytes),
+            "outputs": others * T * (D // P) * value_bytes,
+            "grad_outputs": others * T * (D // P) * value_bytes,
+            "grad_weights": others * T * K * 4,
+        }
+    elif layout == "rows":
+        out = {
+            "gather": others * T * K * (index_bytes + weight_bytes),
+            "outputs": others * T * D * 4,
+            "grad_outputs": others * T * D * value_bytes,
+            "grad_weights": 0,  # each row shard's partial goes into the same reduce-scatter as outputs' inverse
+        }
+    else:
+        raise ValueError(f"traffic_per_lookup: layout must be 'columns' or 'rows'; got {layout!r}")
+    out["total"] = sum(out.values())
+    return out
+
+
+# ---- the sharding of one pool -------------------------------------------------------------
+
+
+@dataclass
+class ColumnSharding:
+    """How a value pool is sharded: by columns over ``mesh`` (1-D).
+
+    ``value_grad="mean"`` (default) makes the value table's update the
+    gradient of the mean of the ranks' losses, which is what data-parallel
+    training of the other parameters (DDP averaging) computes; ``"sum"``, of
+    their sum. ``even_tokens=True`` promises that every rank feeds the same
+    number of tokens, so no token counts are exchanged (on a CUDA mesh an
+    uneven exchange reads the counts back to the host once per lookup).
+    """
+
+    mesh: DeviceMesh
+    value_grad: str = "mean"
+    even_tokens: bool = False
+
+    def __post_init__(self):
+        self.group = self.mesh.get_group()
+        self.world = self.mesh.size()
+        self.rank = self.mesh.get_local_rank()
+
+    # -- collectives --
+
+    def token_counts(self, tokens: int, device: torch.device) -> List[int]:
+        if self.even_tokens or self.world == 1:
+            return [tokens] * self.world
+        # gloo: a host-side exchange; NCCL: a device exchange read back (one sync).
+        mine = torch.tensor([tokens], dtype=torch.int64, device=device)
+        counts = _all_gather(mine, 0, self.group)
+        _COMM["token_counts"] += 8 * (self.world - 1)
+        return [int(c) for c in funcol.wait_tensor(counts).tolist()]
+
+    def gather_tokens(self, x: Tensor, counts: List[int]) -> Tensor:
+        """Every rank's rows of ``x`` ([T_r, ...]), concatenated in rank order."""
+        if self.world == 1:
+            return x
+        most = max(counts)
+        if x.shape[0] < most:
+            x = torch.cat([x, x.new_zeros((most - x.shape[0],) + tuple(x.shape[1:]))])
+        y = funcol.wait_tensor(_all_gather(x.contiguous(), 0, self.group))
+        if all(c == most for c in counts):
+            return y
+        return torch.cat([y[r * most:r * most + c] for r, c in enumerate(counts)])
+
+    def exchange(self, x: Tensor, send: List[int], recv: List[int]) -> Tensor:
+        if self.world == 1:
+            return x
+        y = funcol.all_to_all_single(x.contiguous(), recv, send, self.group)
+        return funcol.wait_tensor(y)
+
+    def all_reduce_sum(self, x: Tensor) -> Tensor:
+        if self.world == 1:
+            return x
+        return funcol.wait_tensor(funcol.all_reduce(x, "sum", self.group))
+
+    # -- the lookup --
+
+    def bag(self, weight: Tensor, indices: Tensor, weights: Tensor, *, sparse: bool = False,
+            usage: Optional[Tensor] = None) -> Tensor:
+        if sparse:
+            raise NotImplementedError(
+                "memkernels.distributed: a sharded value pool has no sparse gradient (DTensor does not hold "
+                "sparse local tensors); use the fused row-sparse optimizer (SparseRowOptimizer.fuse / "
+                "fuse_value_updates), which needs no value gradient, or sparse=False for a dense shard gradient")
+        if not isinstance(weight, DTensor) or weight.device_mesh != self.mesh:
+            raise RuntimeError("memkernels.distributed: the pool's weight is not the DTensor shard_values made")
+        return _ShardedBag.apply(weight.to_local(), indices, weights, self, _Lookup(weight, usage))
+
+
+class _Lookup:
+    """What a lookup needs besides tensors autograd should see: the DTensor
+    parameter (for its fused update) and the usage counter."""
+
+    __slots__ = ("param", "usage")
+
+    def __init__(self, param: Tensor, usage: Optional[Tensor]):
+        self.param, self.usage = param, usage
+
+
+def _pack(indices: Tensor, weights: Tensor, index_dtype: torch.dtype) -> Tensor:
+    """indices and weights side by side as bytes, [T, K * (index + weight bytes)]."""
+    T, K = indices.shape
+    a = indices.to(index_dtype).contiguous().view(torch.uint8).view(T, K * _size(index_dtype))
+    b = weights.contiguous().view(torch.uint8).view(T, K * weights.element_size())
+    return torch.cat([a, b], dim=1)
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _unpack(packed: Tensor, K: int, index_dtype: torch.dtype, weight_dtype: torch.dtype):
+    T = packed.shape[0]
+    ib = _size(index_dtype) * K
+    idx = packed[:, :ib].contiguous().view(index_dtype).view(T, K)
+    w = packed[:, ib:].contiguous().view(weight_dtype).view(T, K)
+    return idx, w
+
+
+class _ShardedBag(torch.autograd.Function):
+    """The column-sharded embedding bag of one rank's tokens (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, local, indices, weights, sh: ColumnSharding, lookup: "_Lookup"):
+        param, usage = lookup.param, lookup.usage
+        T, K = indices.shape
+        P, Dp = sh.world, local.shape[1]
+        counts = sh.token_counts(T, indices.device)
+        index_dtype = torch.int32 if param.shape[0] < 2**31 else torch.int64
+        packed = sh.gather_tokens(_pack(indices, weights, index_dtype), counts)
+        _COMM["gather"] += (P - 1) * max(counts) * packed.shape[1]
+        all_idx, all_w = _unpack(packed, K, index_dtype, weights.dtype)
+        if usage is not None:
+            flat = all_idx.reshape(-1).long()
+            usage.index_add_(0, flat, torch.ones_like(flat, dtype=usage.dtype))
+        part = torch.ops.memkernels.embedding_bag.default(local, all_idx, all_w, False, False)  # [sum(counts), Dp]
+        recv = sh.exchange(part, send=counts, recv=[T] * P)  # [P * T, Dp]: rank r's columns of my tokens
+        _COMM["outputs"] += (sum(counts) - T) * Dp * part.element_size()
+        out = recv.view(P, T, Dp).transpose(0, 1).reshape(T, P * Dp)
+        ctx.sh, ctx.counts, ctx.param = sh, counts, param
+        ctx.update = ops.backward_update(param)
+        ctx.save_for_backward(local, all_idx, all_w)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        local, all_idx, all_w = ctx.saved_tensors
+        sh, counts = ctx.sh, ctx.counts
+        P, Dp, T = sh.world, local.shape[1], grad_out.shape[0]
+        g = grad_out.reshape(T, P, Dp).transpose(0, 1).reshape(P * T, Dp).to(local.dtype)
+        grad_cols = sh.exchange(g, send=[T] * P, recv=counts)  # [sum(counts), Dp]: every token, my columns
+        _COMM["grad_outputs"] += (P - 1) * T * Dp * g.element_size()
+        want_values, _, want_weights = ctx.needs_input_grad[:3]
+        w = all_w
+        if sh.value_grad == "mean" and P > 1:
+            # The weights scale the value gradient only: their own gradient
+            # (grad_out . values) does not involve them.
+            w = all_w * (1.0 / P)
+        grad_local = None
+        if ctx.update is not None and want_values:
+            partial = ctx.update(ctx.param, grad_cols, all_idx, w)
+        else:
+            grad_local, partial = torch.ops.memkernels.embedding_bag_backward.default(grad_cols, local, all_idx, w)
+            if not want_values:
+                grad_local = None
+        grad_weights = None
+        if want_weights:
+            K = all_idx.shape[1]
+            back = sh.exchange(partial.contiguous(), send=counts, recv=[T] * P)  # [P * T, K]
+            _COMM["grad_weights"] += (sum(counts) - T) * K * partial.element_size()
+            grad_weights = back.view(P, T, K).sum(0).to(all_w.dtype)
+        return grad_local, None, grad_weights, None, None
+
+
+# ---- the optimizer's update of a shard ----------------------------------------------------
+
+
+def backward_update_shard(param: Tensor, grad_cols: Tensor, indices: Tensor, weights: Tensor,
+                          update: "ops.RowUpdate", state1: Optional[Tensor], state2: Optional[Tensor]) -> Tensor:
+    """The fused backward-and-update of a column shard (what
+    ``SparseRowOptimizer.fused_backward`` calls for a sharded table): rules
+    that work per element (SGD, Adam/AdamW) run the fused kernel on the local
+    columns; rules that need the whole row (``max_row_norm > 0``, row-wise
+    Adagrad) compute the local rows' fp32 gradients, all-reduce their sums
+    of squares (one number per touched row; every rank touches the same rows
+    in the same order), then update. Returns the weights' partial gradient."""
+    sh: ColumnSharding = _sharding_of(param)
+    local, s1, s2 = param.to_local(), local_shard(state1), local_shard(state2)
+    rowwise = update.kind == "adagrad_rowwise" or update.max_row_norm > 0
+    if not rowwise:
+        return ops.embedding_bag_backward_update(grad_cols, local, indices, weights, update, s1, s2)
+    rows, g, partial = torch.ops.memkernels.embedding_bag_backward_sparse.default(grad_cols, local, indices,
+                                                                                   weights, True)
+    sumsq = sh.all_reduce_sum((g * g).sum(dim=1))
+    _COMM["row_stats"] += (sh.world - 1) * sumsq.numel() * sumsq.element_size()
+    if update.max_row_norm > 0:
+        norm = sumsq.sqrt()
+        limit = torch.as_tensor(update.max_row_norm, dtype=g.dtype, device=g.device)
+        scale = torch.where(norm > limit, limit / norm, torch.ones_like(norm))
+        g = g * scale.unsqueeze(1)
+        sumsq = sumsq * scale * scale
+    if update.kind == "adagrad_rowwise":
+        # The [N] accumulator is replicated: every rank adds the same numbers.
+        s1.index_add_(0, rows, sumsq / param.shape[1])
+        g = g / (s1.index_select(0, rows).sqrt() + update.eps).unsqueeze(1)
+        ops.sparse_row_update(local, rows, g, dataclasses.replace(update, kind="sgd", max_row_norm=0.0))
+    else:
+        ops.sparse_row_update(local, rows, g, dataclasses.replace(update, max_row_norm=0.0), s1, s2)
+    return partial
+
+
+def state_like(param: Tensor, shape, dtype: torch.dtype) -> Tensor:
+    """Zeroed optimizer state for ``param``: ``[N, D]`` states are sharded as
+    the table is, ``[N]`` states (a number per row) replicated on its mesh."""
+    if not isinstance(param, DTensor):
+        return torch.zeros(shape, dtype=dtype, device=param.device)
+    if tuple(shape) == tuple(param.shape):
+        return torch.zeros_like(param, dtype=dtype)
+    local = torch.zeros(shape, dtype=dtype, device=param.to_local().device)
+    return DTensor.from_local(local, param.device_mesh, [Replicate()] * param.device_mesh.ndim, run_check=False)
+
+
+def _sharding_of(param: Tensor) -> ColumnSharding:
+    sh = getattr(param, "_memkernels_sharding", None)
+    if sh is None:
+        raise RuntimeError("memkernels.distributed: this DTensor is not a value table sharded by shard_values")
+    return sh
+
+
+# ---- sharding a model ----------------------------------------------------------------------
+
+
+def shard_values(module: nn.Module, mesh: DeviceMesh, *, value_grad: str = "mean",
+                 even_tokens: bool = False) -> nn.Module:
+    """Shards, in place, every :class:`~memkernels.nn.ValuePool` of ``module``
+    by columns over the 1-D ``mesh`` and returns ``module``.
+
+    Each pool's ``weight`` becomes a ``DTensor`` parameter with placement
+    ``Shard(1)``: rank ``r`` keeps columns ``[r * D / P, (r + 1) * D / P)`` of
+    every row. A pool on the ``meta`` device is allocated shard by shard and
+    initialised on each rank (normal, std ``D ** -0.5``); any other pool is
+    sharded from rank 0's copy. Layers sharing a pool share its shard.
+
+    Call it on every rank of the mesh, before making optimizers. Afterwards
+    the model is used as before, each rank feeding its own tokens (any number,
+    zero included): :class:`memkernels.optim.SparseRowOptimizer` and
+    ``fuse_value_updates`` work unchanged, and update only the local columns.
+    The other parameters are replicated: average their gradients over the
+    mesh (DDP, or :func:`all_reduce_dense_grads`).
+
+    Args:
+        value_grad: ``"mean"`` or ``"sum"`` (see :class:`ColumnSharding`).
+        even_tokens: every rank always feeds the same number of tokens (no
+            count exchange; required for a lookup free of host synchronisation
+            on CUDA).
+
+    Raises:
+        ValueError: a mesh that is not 1-D, a ``D`` not divisible by the mesh
+            size, a pool used by a ``backend="reference"`` layer, a pool
+            already sharded on another mesh, a table on another device type.
+    """
+    if not isinstance(mesh, DeviceMesh):
+        raise TypeError(f"shard_values: mesh must be a torch.distributed DeviceMesh; got {type(mesh).__name__}")
+    if mesh.ndim != 1:
+        raise ValueError(f"shard_values: the memory-parallel mesh must be 1-D; got a {mesh.ndim}-D mesh "
+                         f"(pass the memory-parallel dimension, mesh['mp'])")
+    if value_grad not in _VALUE_GRAD:
+        raise ValueError(f"shard_values: value_grad must be 'mean' or 'sum'; got {value_grad!r}")
+    P = mesh.size()
+    pools: Dict[int, ValuePool] = {}
+    for m in module.modules():
+        if isinstance(m, ValuePool):
+            pools.setdefault(id(m), m)
+    if not pools:
+        raise ValueError("shard_values: the module has no memkernels.nn.ValuePool to shard")
+    for m in module.modules():
+        if isinstance(m, ProductKeyMemory) and m.backend != "kernels" and id(m.values) in pools:
+            raise ValueError("shard_values: a layer with backend='reference' reads this pool; sharded pools "
+                             "need backend='kernels'")
+    for pool in pools.values():
+        w = pool.weight
+        if isinstance(w, DTensor):
+            if pool.sharding is None or pool.sharding.mesh != mesh:
+                raise ValueError("shard_values: a value pool is already sharded on another mesh")
+            continue
+        N, D = w.shape
+        if D % P:
+            raise ValueError(f"shard_values: the value width D={D} must be divisible by the mesh size {P}")
+        if w.device.type != "meta" and w.device.type != mesh.device_type:
+            raise ValueError(f"shard_values: the value table is on {w.device.type} but the mesh is on "
+                             f"{mesh.device_type}")
+        sharding = ColumnSharding(mesh, value_grad=value_grad, even_tokens=even_tokens)
+        if w.device.type == "meta":
+            device = _mesh_device(mesh)
+            local = torch.empty(N, D // P, dtype=w.dtype, device=device)
+            nn.init.normal_(local, std=D ** -0.5)
+            dt = DTensor.from_local(local, mesh, [Shard(1)], run_check=False)
+        else:
+            dt = distribute_tensor(w.detach(), mesh, [Shard(1)])
+            if not dt.to_local().is_contiguous():
+                dt = DTensor.from_local(dt.to_local().contiguous(), mesh, [Shard(1)], run_check=False)
+        param = nn.Parameter(dt, requires_grad=w.requires_grad)
+        setattr(param, _VALUES_MARK, True)
+        param._memkernels_sharding = sharding
+        pool.weight = param
+        pool._sharding = sharding
+    return module
+
+
+def _mesh_device(mesh: DeviceMesh) -> torch.device:
+    if mesh.device_type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(mesh.device_type)
+
+
+def all_reduce_dense_grads(module: nn.Module, mesh: DeviceMesh, op: str = "avg") -> None:
+    """Averages (``op="avg"``) or sums the gradients of every parameter of
+    ``module`` that is not a sharded value table over ``mesh`` (what DDP
+    would do for them), one collective per parameter, in place."""
+    if op not in ("avg", "sum"):
+        raise ValueError(f"all_reduce_dense_grads: op must be 'avg' or 'sum'; got {op!r}")
+    group = mesh.get_group()
+    for p in module.parameters():
+        if p.grad is None or isinstance(p, DTensor):
+            continue
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=group)
+        if op == "avg":
+            p.grad.div_(mesh.size())

@@ -1,0 +1,346 @@
+"""Column-sharded value pools (memkernels.distributed) against the
+single-process model: gloo on the CPU, spawned processes at world sizes 2
+and 4 (tests/dist_harness.py)."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import memkernels
+from memkernels.nn import ProductKeyMemory, ValuePool
+from memkernels.optim import SparseRowOptimizer
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
+
+# Token counts per rank: uneven, and at world size 4 one rank has none.
+COUNTS = {2: [3, 6], 4: [2, 0, 5, 4]}
+DIM, V_DIM = 16, 16
+
+
+def _mesh(world):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh("cpu", (world,))
+
+
+def _layer(seed=0, **kw):
+    torch.manual_seed(seed)
+    return ProductKeyMemory(DIM, n_keys=8, heads=2, knn=4, k_dim=8, v_dim=V_DIM, **kw)
+
+
+def _tokens(world, step=0):
+    g = torch.Generator().manual_seed(100 + step)
+    n = sum(COUNTS[world])
+    return torch.randn(n, DIM, generator=g), torch.randn(n, DIM, generator=g)
+
+
+def _mine(rank, world, t):
+    start = sum(COUNTS[world][:rank])
+    return t[start:start + COUNTS[world][rank]]
+
+
+# ---- forward and every gradient -------------------------------------------------------------
+
+
+def _forward_and_gradients(rank, world):
+    from memkernels import distributed as mkd
+
+    mesh = _mesh(world)
+    # The lookup alone: bitwise the single-process embedding bag.
+    torch.manual_seed(1)
+    full = ValuePool(64, V_DIM)
+    pool = ValuePool(64, V_DIM)
+    pool.weight.data.copy_(full.weight.data)
+    mkd.shard_values(pool, mesh)
+    w = pool.weight
+    assert isinstance(w, torch.distributed.tensor.DTensor)
+    assert w.placements == (torch.distributed.tensor.Shard(1),)
+    assert w.to_local().shape == (64, V_DIM // world)
+    assert torch.equal(w.full_tensor(), full.weight.detach())
+    g = torch.Generator().manual_seed(2)
+    n = sum(COUNTS[world])
+    idx, wts = torch.randint(0, 64, (n, 5), generator=g), torch.rand(n, 5, generator=g)
+    out = pool.bag(_mine(rank, world, idx), _mine(rank, world, wts))
+    assert torch.equal(out, _mine(rank, world, memkernels.embedding_bag(full.weight.detach(), idx, wts)))
+
+    # The layer: forward, the value table's gradient, every dense gradient.
+    for value_grad in ("sum", "mean"):
+        ref, layer = _layer(), _layer()
+        mkd.shard_values(layer, mesh, value_grad=value_grad)
+        x, target = _tokens(world)
+        y_ref = ref(x)
+        (y_ref * target).sum().backward()
+        y = layer(_mine(rank, world, x))
+        assert y.shape == (COUNTS[world][rank], DIM)
+        # The lookup is bitwise; the dense projections run torch's GEMMs over
+        # fewer rows, which may round differently.
+        torch.testing.assert_close(y, _mine(rank, world, y_ref), rtol=1e-5, atol=1e-6)
+        (y * _mine(rank, world, target)).sum().backward()
+        gv = layer.values.weight.grad
+        assert isinstance(gv, torch.distributed.tensor.DTensor) and gv.placements == w.placements
+        scale = 1.0 if value_grad == "sum" else 1.0 / world
+        torch.testing.assert_close(gv.full_tensor(), ref.values.weight.grad * scale, rtol=1e-5, atol=1e-7)
+        for name, p in layer.named_parameters():
+            if name == "values.weight":
+                continue
+            grad = p.grad.clone()
+            dist.all_reduce(grad)
+            torch.testing.assert_close(grad, dict(ref.named_parameters())[name].grad, rtol=1e-4, atol=1e-6,
+                                       msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_forward_and_every_gradient_match_one_process(world):
+    from dist_harness import run
+
+    run(_forward_and_gradients, world)
+
+
+# ---- fused updates over several steps ------------------------------------------------------
+
+UPDATES = [
+    dict(algorithm="adamw", lr=1e-2, weight_decay=0.1),
+    dict(algorithm="sgd", lr=0.5),
+    dict(algorithm="adagrad_rowwise", lr=0.1),
+    dict(algorithm="adam", lr=1e-2, max_row_norm=0.02),
+]
+
+
+def _fused_updates(rank, world, dtype):
+    from memkernels import distributed as mkd
+
+    mesh = _mesh(world)
+    n = sum(COUNTS[world])
+    for cfg in UPDATES:
+        # The pool alone, fed the same output gradients: the per-element rules
+        # (SGD, Adam/AdamW) update the columns bitwise as one process does.
+        torch.manual_seed(3)
+        full, pool = ValuePool(64, V_DIM, dtype=dtype), ValuePool(64, V_DIM, dtype=dtype)
+        pool.weight.data.copy_(full.weight.data)
+        mkd.shard_values(pool, mesh, value_grad="sum")
+        o_full, o_pool = SparseRowOptimizer([full.weight], **cfg), SparseRowOptimizer([pool.weight], **cfg)
+        o_full.fuse(full.weight)
+        o_pool.fuse(pool.weight)
+        for step in range(3):
+            g = torch.Generator().manual_seed(10 + step)
+            idx, wts = torch.randint(0, 64, (n, 5), generator=g), torch.rand(n, 5, generator=g)
+            gout = torch.randn(n, V_DIM, generator=g).to(dtype)
+            full.bag(idx, wts).backward(gout)
+            pool.bag(_mine(rank, world, idx), _mine(rank, world, wts)).backward(_mine(rank, world, gout))
+        if cfg["algorithm"] in ("adamw", "sgd") and not cfg.get("max_row_norm"):
+            assert torch.equal(pool.weight.full_tensor(), full.weight.detach()), cfg
+        else:  # row statistics: local sums of squares all-reduced, another order
+            tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+            torch.testing.assert_close(pool.weight.full_tensor(), full.weight.detach(), **tol)
+
+        # The layer: its dense projections run over each rank's tokens only, so
+        # the output gradients reaching the pool round differently.
+        ref, layer = _layer(track_usage=True), _layer(track_usage=True)
+        ref.values.weight.data = ref.values.weight.data.to(dtype)
+        layer.values.weight.data = layer.values.weight.data.to(dtype)
+        for m in (ref, layer):
+            for name, p in m.named_parameters():
+                p.requires_grad_(name == "values.weight")
+        mkd.shard_values(layer, mesh, value_grad="sum")
+        opt_ref, opt = SparseRowOptimizer([ref.values.weight], **cfg), SparseRowOptimizer([layer.values.weight], **cfg)
+        ref.fuse_value_updates(opt_ref)
+        layer.fuse_value_updates(opt)
+        for step in range(3):
+            x, target = _tokens(world, step)
+            (ref(x).float() * target).sum().backward()
+            (layer(_mine(rank, world, x)).float() * _mine(rank, world, target)).sum().backward()
+        assert layer.values.weight.grad is None
+        got, want = layer.values.weight.full_tensor(), ref.values.weight.detach()
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{cfg}: {m}")
+        st, st_ref = opt.state[layer.values.weight], opt_ref.state[ref.values.weight]
+        assert st["step"] == st_ref["step"] == 3
+        for key in ("exp_avg", "exp_avg_sq", "sum"):
+            if key in st:
+                assert isinstance(st[key], torch.distributed.tensor.DTensor)
+                torch.testing.assert_close(st[key].full_tensor(), st_ref[key], rtol=1e-5, atol=1e-7)
+        # Usage counts every rank's lookups: the single-process counts, on every rank.
+        assert torch.equal(layer.usage_counts, ref.usage_counts)
+
+
+@pytest.mark.parametrize("world,dtype", [(2, torch.float32), (4, torch.float32), (2, torch.bfloat16)])
+def test_fused_updates_over_steps_match_one_process(world, dtype):
+    from dist_harness import run
+
+    run(_fused_updates, world, dtype)
+
+
+# ---- communication volume ---------------------------------------------------------------------
+
+
+def _traffic(rank, world):
+    from memkernels import distributed as mkd
+
+    layer = _layer()
+    mkd.shard_values(layer, _mesh(world), even_tokens=True)
+    T, K = 6, layer.heads * layer.knn
+    x = torch.randn(T, DIM)
+    mkd.reset_comm_stats()
+    layer(x).sum().backward()
+    got = mkd.comm_stats()
+    want = mkd.traffic_per_lookup(T, V_DIM, K, world, value_bytes=4, weight_bytes=4, index_bytes=4)
+    for kind in ("gather", "outputs", "grad_outputs", "grad_weights"):
+        assert got[kind] == want[kind], (kind, got, want)
+    assert got["token_counts"] == 0 and got["row_stats"] == 0
+
+
+@pytest.mark.parametrize("world", [2])
+def test_bytes_moved_are_the_traffic_model(world):
+    from dist_harness import run
+
+    run(_traffic, world)
+
+
+def test_traffic_model_columns_beat_rows_at_paper_scale():
+    from memkernels.distributed import traffic_per_lookup
+
+    cols = traffic_per_lookup(4096, 4096, 128, 8)
+    rows = traffic_per_lookup(4096, 4096, 128, 8, layout="rows")
+    # 7 * 4096 * 128 * 8 gather, 2 x 7 * 4096 * 512 * 2 outputs and their
+    # gradients, 7 * 4096 * 128 * 4 weight gradients.
+    assert cols["total"] == 7 * 4096 * (128 * 8 + 2 * 512 * 2 + 128 * 4)
+    assert rows["total"] > 5 * cols["total"]
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+
+def _train_and_save(rank, world, path):
+    import torch.distributed.checkpoint as dcp
+
+    from memkernels import distributed as mkd
+
+    layer = _layer(track_usage=True)
+    mkd.shard_values(layer, _mesh(world))
+    opt = SparseRowOptimizer([layer.values.weight], algorithm="adamw", lr=1e-2, weight_decay=0.1)
+    layer.fuse_value_updates(opt)
+    for step in range(2):
+        x, target = _tokens(world, step)
+        (layer(_mine(rank, world, x)) * _mine(rank, world, target)).sum().backward()
+    dcp.save({"model": layer.state_dict(), "optim": opt.state_dict()}, checkpoint_id=os.path.join(path, "ckpt"))
+    st = opt.state[layer.values.weight]
+    full = {"values": layer.values.weight.full_tensor(), "exp_avg": st["exp_avg"].full_tensor(),
+            "exp_avg_sq": st["exp_avg_sq"].full_tensor(), "keys": layer.keys.detach().clone()}
+    if rank == 0:
+        torch.save(full, os.path.join(path, "full.pt"))
+
+
+def _load(rank, world, path):
+    import torch.distributed.checkpoint as dcp
+
+    from memkernels import distributed as mkd
+
+    layer = _layer(seed=7, track_usage=True)  # other initial values: the load must replace them
+    mkd.shard_values(layer, _mesh(world))
+    opt = SparseRowOptimizer([layer.values.weight], algorithm="adamw", lr=1e-2, weight_decay=0.1)
+    opt.init_state()
+    sd = {"model": layer.state_dict(), "optim": opt.state_dict()}
+    dcp.load(sd, checkpoint_id=os.path.join(path, "ckpt"))
+    layer.load_state_dict(sd["model"])
+    opt.load_state_dict(sd["optim"])
+    full = torch.load(os.path.join(path, "full.pt"))
+    w = layer.values.weight
+    assert w.to_local().shape == (64, V_DIM // world)
+    assert torch.equal(w.full_tensor(), full["values"])
+    assert torch.equal(layer.keys.detach(), full["keys"])
+    st = opt.state[w]
+    assert st["step"] == 2
+    assert isinstance(st["exp_avg"], torch.distributed.tensor.DTensor)
+    assert torch.equal(st["exp_avg"].full_tensor(), full["exp_avg"])
+    assert torch.equal(st["exp_avg_sq"].full_tensor(), full["exp_avg_sq"])
+    # The loaded optimizer goes on training.
+    layer.fuse_value_updates(opt)
+    x, target = _tokens(world, 5)
+    (layer(_mine(rank, world, x)) * _mine(rank, world, target)).sum().backward()
+    assert opt.state[w]["step"] == 3
+
+
+def test_checkpoint_round_trip_and_resharding(tmp_path):
+    from dist_harness import run
+
+    run(_train_and_save, 2, str(tmp_path))
+    run(_load, 2, str(tmp_path))  # same P
+    run(_load, 4, str(tmp_path))  # resharded: 2 -> 4 column shards
+
+
+# ---- bad configurations ---------------------------------------------------------------------
+
+
+def _bad_configs(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from memkernels import distributed as mkd
+
+    mesh = _mesh(world)
+    with pytest.raises(ValueError, match="divisible by the mesh size"):
+        mkd.shard_values(ProductKeyMemory(DIM, n_keys=8, heads=2, knn=4, k_dim=8, v_dim=15), mesh)
+    with pytest.raises(ValueError, match="1-D"):
+        mkd.shard_values(_layer(), init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "mp")))
+    with pytest.raises(TypeError, match="DeviceMesh"):
+        mkd.shard_values(_layer(), world)
+    with pytest.raises(ValueError, match="backend='reference'"):
+        mkd.shard_values(_layer(backend="reference"), mesh)
+    with pytest.raises(ValueError, match="no memkernels.nn.ValuePool"):
+        mkd.shard_values(torch.nn.Linear(2, 2), mesh)
+    with pytest.raises(ValueError, match="value_grad"):
+        mkd.shard_values(_layer(), mesh, value_grad="avg")
+    layer = mkd.shard_values(_layer(), mesh)
+    from torch.distributed.device_mesh import DeviceMesh
+
+    other = DeviceMesh("cpu", list(reversed(range(world))))  # the same ranks, another column order
+    with pytest.raises(ValueError, match="already sharded on another mesh"):
+        mkd.shard_values(layer, other)
+    assert mkd.shard_values(layer, mesh) is layer  # sharding again on its own mesh changes nothing
+    sparse = mkd.shard_values(_layer(sparse=True), mesh)
+    with pytest.raises(NotImplementedError, match="no sparse gradient"):
+        sparse(torch.randn(2, DIM))
+
+
+def test_bad_configurations_raise_clear_errors():
+    from dist_harness import run
+
+    run(_bad_configs, 2)
+
+
+# ---- shared pools, meta initialisation, one rank ------------------------------------------------------
+
+
+def _shared_and_meta(rank, world):
+    from memkernels import distributed as mkd
+
+    mesh = _mesh(world)
+    torch.manual_seed(0)
+    pool = ValuePool(64, V_DIM)
+    a = ProductKeyMemory(DIM, n_keys=8, heads=2, knn=4, k_dim=8, values=pool)
+    b = ProductKeyMemory(DIM, n_keys=8, heads=2, knn=4, k_dim=8, values=pool)
+    model = torch.nn.Sequential(a, b)
+    mkd.shard_values(model, mesh)
+    assert a.values.weight is b.values.weight and a.values.sharding is b.values.sharding
+    opt = SparseRowOptimizer(memkernels.nn.value_parameters(model), algorithm="sgd", lr=0.1)
+    assert len(opt.param_groups[0]["params"]) == 1
+    before = pool.weight.full_tensor()
+    for m in (a, b):
+        m.fuse_value_updates(opt)
+    model(torch.randn(3, DIM)).sum().backward()
+    assert opt.state[pool.weight]["step"] == 2  # one update per layer, as unsharded
+    assert not torch.equal(pool.weight.full_tensor(), before)
+
+    with torch.device("meta"):
+        big = ValuePool(1 << 12, 8 * world)
+    mkd.shard_values(big, mesh)
+    local = big.weight.to_local()
+    assert local.device.type == "cpu" and local.shape == (1 << 12, 8)
+    assert abs(local.std().item() - (8 * world) ** -0.5) < 0.02
+
+
+def test_shared_pools_and_meta_initialisation():
+    from dist_harness import run
+
+    run(_shared_and_meta, 2)
