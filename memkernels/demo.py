@@ -14,12 +14,24 @@ in its one block:
 It prints progress while training, then both models' recall accuracy over
 all facts, their trainable parameter counts and forward FLOPs per token. The
 run is seeded and reproducible.
+
+    python -m memkernels.demo --world-size 2   # the memory model, sharded
+
+trains the memory model in ``--world-size`` processes (gloo, on the CPU) with
+its value table sharded by columns (:func:`memkernels.distributed.shard_values`):
+each rank takes its share of every batch, the value table is updated per
+shard by the fused row-sparse Adam, and the other parameters' gradients are
+averaged over the ranks.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -27,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import ProductKeyMemory, param_groups
+from .nn import ProductKeyMemory, dense_parameters, param_groups, value_parameters
 
 
 @dataclass
@@ -86,41 +98,124 @@ def make_facts(task: Task, seed: int):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, s, r, o, batch: int = 4096) -> float:
+def accuracy(model: nn.Module, s, r, o, batch: int = 4096, mesh=None) -> float:
+    """Recall over all facts; with a mesh, each rank scores its share."""
     model.eval()
-    hits = 0
+    rank, world = (mesh.get_local_rank(), mesh.size()) if mesh is not None else (0, 1)
+    hits = torch.zeros((), dtype=torch.int64)
     for i in range(0, s.numel(), batch):
-        hits += (model(s[i:i + batch], r[i:i + batch]).argmax(-1) == o[i:i + batch]).sum().item()
+        part = torch.arange(i, min(i + batch, s.numel())).tensor_split(world)[rank]
+        hits += (model(s[part], r[part]).argmax(-1) == o[part]).sum()
+    if mesh is not None:
+        torch.distributed.all_reduce(hits, group=mesh.get_group())
     model.train()
-    return hits / s.numel()
+    return hits.item() / s.numel()
 
 
 def train(name: str, model: nn.Module, facts, epochs: int, batch: int, lr: float, value_lr: float, seed: int,
-          log_every: int) -> dict:
+          log_every: int, mesh=None) -> dict:
+    """Adam over every batch. With a mesh (a sharded model): each rank takes
+    its share of every batch, the value tables get the fused row-sparse Adam
+    per shard, and the other parameters' gradients are averaged."""
     s, r, o = facts
-    groups = param_groups(model, lr=lr, weight_decay=0.0, value_lr=value_lr)
-    opt = torch.optim.Adam(groups)
+    if mesh is None:
+        rank, world = 0, 1
+        opts = [torch.optim.Adam(param_groups(model, lr=lr, weight_decay=0.0, value_lr=value_lr))]
+    else:
+        from .distributed import all_reduce_dense_grads
+        from .optim import SparseRowOptimizer
+
+        rank, world = mesh.get_local_rank(), mesh.size()
+        values = SparseRowOptimizer(list(value_parameters(model)), "adam", lr=value_lr)
+        for m in model.modules():
+            if isinstance(m, ProductKeyMemory):
+                m.fuse_value_updates(values)
+        opts = [torch.optim.Adam(dense_parameters(model), lr=lr), values]
     steps_per_epoch = math.ceil(s.numel() / batch)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    scheds = [torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+              for opt in opts]
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
-    step = 0
     for epoch in range(epochs):
         perm = torch.randperm(s.numel(), generator=g)
         for i in range(0, s.numel(), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i:i + batch].tensor_split(world)[rank]
             loss = F.cross_entropy(model(s[idx], r[idx]), o[idx])
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
+            if mesh is not None:
+                all_reduce_dense_grads(model, mesh)
+            for opt, sched in zip(opts, scheds):
+                opt.step()
+                sched.step()
         if (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
-            acc = accuracy(model, s, r, o)
-            print(f"  [{name:>6}] epoch {epoch + 1:3d}/{epochs}  loss {loss.item():6.3f}  "
-                  f"recall {acc * 100:5.1f}%  ({time.time() - t0:5.1f}s)", flush=True)
-    return {"recall": accuracy(model, s, r, o), "seconds": time.time() - t0}
+            acc = accuracy(model, s, r, o, mesh=mesh)
+            if rank == 0:
+                print(f"  [{name:>6}] epoch {epoch + 1:3d}/{epochs}  loss {loss.item():6.3f}  "
+                      f"recall {acc * 100:5.1f}%  ({time.time() - t0:5.1f}s)", flush=True)
+    return {"recall": accuracy(model, s, r, o, mesh=mesh), "seconds": time.time() - t0}
+
+
+def _memory_block(d: int) -> ProductKeyMemory:
+    return ProductKeyMemory(d, n_keys=64, heads=2, knn=8, k_dim=32, v_dim=d)
+
+
+def _sharded_worker(rank: int, world: int, port: int, args, out_path: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from .distributed import shard_values
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        task = Task(subjects=args.facts, relations=args.relations, objects=args.objects)
+        facts = make_facts(task, args.seed)
+        torch.manual_seed(args.seed)
+        memory = _memory_block(task.dim)
+        torch.manual_seed(args.seed)
+        model = FactModel(task, memory, args.seed)
+        shard_values(model, mesh)
+        result = train("memory", model, facts, args.epochs, args.batch, 3e-3, 3e-2, args.seed,
+                       log_every=max(1, args.epochs // 8), mesh=mesh)
+        result["params"] = trainable(model)
+        result["flops"] = memory.flops_per_token()
+        if rank == 0:
+            with open(out_path, "w") as f:
+                json.dump(result, f)
+        import gc
+
+        gc.collect()  # free the sharded model before its process group goes
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def main_sharded(args) -> dict:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    print(f"memkernels demo, sharded: {args.facts * args.relations} random facts, the memory model's value table "
+          f"sharded by columns over {args.world_size} processes (gloo, CPU), seed {args.seed}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "result.json")
+        mp.spawn(_sharded_worker, args=(args.world_size, port, args, out_path), nprocs=args.world_size, join=True)
+        with open(out_path) as f:
+            result = json.load(f)
+    result["world_size"] = args.world_size
+    print()
+    print(f"memory model, {args.world_size} column shards: recall {result['recall'] * 100:.1f}%, "
+          f"{result['params']:,} trainable parameters, {result['flops']:,} FLOPs/token, "
+          f"{result['seconds']:.1f} s")
+    return {"memory": result}
 
 
 def main(argv=None) -> dict:
@@ -132,7 +227,13 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--world-size", type=int, default=1,
+                   help="train only the memory model, its value table sharded over this many processes")
     args = p.parse_args(argv)
+    if args.world_size < 1:
+        p.error("--world-size must be at least 1")
+    if args.world_size > 1:
+        return main_sharded(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -140,7 +241,7 @@ def main(argv=None) -> dict:
     task = Task(subjects=args.facts, relations=args.relations, objects=args.objects)
     facts = make_facts(task, args.seed)
     d = task.dim
-    memory = ProductKeyMemory(d, n_keys=64, heads=2, knn=8, k_dim=32, v_dim=d)
+    memory = _memory_block(d)
     mem_flops = memory.flops_per_token()
     hidden = max(1, round(mem_flops / (2 * 2 * d)))  # the dense block at the same FLOPs
     torch.manual_seed(args.seed)
