@@ -12,7 +12,9 @@
 #   memcheck and racecheck on the core's CUDA test (small cases, both pk_topk
 #   kernels, the embedding-bag backward, the row update); the bench suite's
 #   paper preset without the scaling sweeps; per-kernel device times
-#   (bench/profile_kernels.py) into profile.txt.
+#   (bench/profile_kernels.py) into profile.txt; P=8 column shards of the
+#   paper's value table emulated on the card (python -m memkernels.bench.shards,
+#   shards.json).
 # full: also the whole test suite, the sweeps and pytest-benchmark's GPU cases.
 # lm: only the build and the language-model example's gpu preset
 #   (docs/lm_example.md), its lm.json and lm.png into OUT_DIR.
@@ -21,8 +23,8 @@
 # printed last. Exit status is non-zero if any step failed.
 #
 # OUT_DIR receives few files (a lent GPU machine returns at most 8):
-# steps.txt, summary.txt, bench.json, pytest_bench.json (full) and logs.tgz
-# (every log, the ptxas report, the plots).
+# steps.txt, summary.txt, bench.json, shards.json, pytest_bench.json (full)
+# and logs.tgz (every log, the ptxas report, the plots).
 set -uo pipefail
 
 FINAL=${1:?usage: bash bench/gpu_check.sh OUT_DIR [quick|full|lm]}
@@ -62,10 +64,11 @@ finish() {
     echo "== failures"
     grep -hE "^FAILED|^ERROR |ERROR SUMMARY: [1-9]|error:|CHECK\(|Error|Timeout|crashed" "$OUT"/*.log 2>/dev/null | cut -c1-300 | head -n 40
     echo "== ptxas: kernels that spill"; grep -B2 "[1-9][0-9]* bytes spill stores" "$OUT/ptxas.txt" 2>/dev/null | grep -o "entry function .*" | cut -c1-150 | head -n 12
+    echo "== column shards (one card)"; grep -A 8 "^column shards" "$OUT/shards.log" 2>/dev/null || echo "(no shards run)"
     echo "== bench (paper preset)"; grep -A 80 "^memkernels bench" "$OUT/bench.log" 2>/dev/null || echo "(no bench run)"
   } > "$OUT/summary.txt" 2>&1
   cp "$OUT/summary.txt" "$FINAL/"
-  cp "$OUT/bench/bench.json" "$OUT/pytest_bench.json" "$OUT/lm/lm.json" "$OUT/lm/lm.png" "$FINAL/" 2>/dev/null
+  cp "$OUT/bench/bench.json" "$OUT/shards.json" "$OUT/pytest_bench.json" "$OUT/lm/lm.json" "$OUT/lm/lm.png" "$FINAL/" 2>/dev/null
   tar czf "$FINAL/logs.tgz" -C "$OUT" .
   cat "$OUT/summary.txt"
   exit "$status"
@@ -107,5 +110,6 @@ if [ "$MODE" = full ]; then
 else
   step bench 170 "$PY" -m memkernels.bench --preset paper --no-sweeps --reps 10 --out "$OUT/bench"
 fi
+step shards 60 "$PY" -m memkernels.bench.shards --json "$OUT/shards.json"
 step profile 90 "$PY" bench/profile_kernels.py "$OUT"
 finish

@@ -152,8 +152,6 @@ class ColumnSharding:
 
     def gather_tokens(self, x: Tensor, counts: List[int]) -> Tensor:
         """Every rank's rows of ``x`` ([T_r, ...]), concatenated in rank order."""
-        if self.world == 1:
-            return x
         most = max(counts)
         if x.shape[0] < most:
             x = torch.cat([x, x.new_zeros((most - x.shape[0],) + tuple(x.shape[1:]))])
@@ -163,14 +161,10 @@ class ColumnSharding:
         return torch.cat([y[r * most:r * most + c] for r, c in enumerate(counts)])
 
     def exchange(self, x: Tensor, send: List[int], recv: List[int]) -> Tensor:
-        if self.world == 1:
-            return x
         y = funcol.all_to_all_single(x.contiguous(), recv, send, self.group)
         return funcol.wait_tensor(y)
 
     def all_reduce_sum(self, x: Tensor) -> Tensor:
-        if self.world == 1:
-            return x
         return funcol.wait_tensor(funcol.all_reduce(x, "sum", self.group))
 
     # -- the lookup --

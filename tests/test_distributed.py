@@ -344,3 +344,58 @@ def test_shared_pools_and_meta_initialisation():
     from dist_harness import run
 
     run(_shared_and_meta, 2)
+
+
+# ---- one GPU: NCCL at world size 1, and P column shards emulated on one device ---------------
+
+
+def _nccl_world_one(rank, world):
+    from memkernels import distributed as mkd
+
+    mesh = torch.distributed.device_mesh.init_device_mesh("cuda", (1,))
+    ref, layer = _layer(track_usage=True).cuda(), _layer(track_usage=True).cuda()
+    mkd.shard_values(layer, mesh, even_tokens=True)
+    x, target = (t.cuda() for t in _tokens(2))
+    # World size 1: the same tokens, the same GEMMs; the lookup runs through
+    # NCCL's all-gather and all-to-all, and everything is bitwise.
+    assert torch.equal(layer(x), ref(x))
+    opt_ref = SparseRowOptimizer([ref.values.weight], "adamw", lr=1e-2, weight_decay=0.1)
+    opt = SparseRowOptimizer([layer.values.weight], "adamw", lr=1e-2, weight_decay=0.1)
+    ref.fuse_value_updates(opt_ref)
+    layer.fuse_value_updates(opt)
+    for _ in range(2):
+        (ref(x) * target).sum().backward()
+        (layer(x) * target).sum().backward()
+    assert torch.equal(layer.values.weight.full_tensor(), ref.values.weight.detach())
+    assert torch.equal(layer.usage_counts, ref.usage_counts)
+    torch.testing.assert_close(layer.keys.grad, ref.keys.grad)
+    # Decoding: the sharded lookup (even tokens) is captured in a CUDA graph
+    # and replayed, so it never synchronises the host.
+    layer.eval()
+    static_x = x[:1].clone()
+    with torch.no_grad():
+        layer(static_x)  # warm up (and NCCL communicators) outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = layer(static_x)
+        static_x.copy_(x[1:2])
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_y, layer(x[1:2]))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(), reason="needs CUDA and NCCL")
+def test_nccl_world_size_one_is_bitwise_and_capturable():
+    from dist_harness import run
+
+    run(_nccl_world_one, 1, backend="nccl")
+
+
+def test_column_shards_emulated_on_one_device(device):
+    from memkernels.bench import shards
+
+    result = shards.run(shards.PRESETS["small"], torch.device(device), reps=2)
+    assert result["forward_shard_equal_bitwise"] and result["fused_sgd_shard_equal_bitwise"]
+    assert result["forward_shard_ms"] > 0 and result["backward_update_unsharded_ms"] > 0
