@@ -93,21 +93,22 @@ def run(c: ShardCase, device: torch.device, reps: int = 10) -> dict:
     gout_shard = gout[:, cols[0]].contiguous()
     mine_idx, mine_w, mine_gout = idx[:c.T], w[:c.T], gout[:c.T].contiguous()
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    states_shard = [torch.zeros(c.N, Dp, device=device, dtype=acc) for _ in range(2)]
     adamw = RowUpdate("adam", lr=1e-3, weight_decay=0.01)
+
+    def time_update(grad, values, indices, weights, width):
+        # AdamW state for the table (or shard) updated, freed after timing.
+        states = [torch.zeros(c.N, width, device=device, dtype=acc) for _ in range(2)]
+        return time_fn(lambda i: memkernels.embedding_bag_backward_update(grad, values, indices, weights, adamw,
+                                                                          *states), device, reps=reps)
+
     times = {
         "forward_shard": time_fn(lambda i: memkernels.embedding_bag(view, idx, w, check_indices=False), device,
                                  reps=reps),
         "forward_unsharded": time_fn(lambda i: memkernels.embedding_bag(table, mine_idx, mine_w,
                                                                         check_indices=False), device, reps=reps),
-        "backward_update_shard": time_fn(lambda i: memkernels.embedding_bag_backward_update(
-            gout_shard, view, idx, w, adamw, *states_shard), device, reps=reps),
+        "backward_update_shard": time_update(gout_shard, view, idx, w, Dp),
+        "backward_update_unsharded": time_update(mine_gout, table, mine_idx, mine_w, c.D),
     }
-    del states_shard
-    states_full = [torch.zeros(c.N, c.D, device=device, dtype=acc) for _ in range(2)]
-    times["backward_update_unsharded"] = time_fn(lambda i: memkernels.embedding_bag_backward_update(
-        mine_gout, table, mine_idx, mine_w, adamw, *states_full), device, reps=reps)
-    del states_full
     row_bytes = c.P * c.T * c.K * Dp * table.element_size()  # value-row bytes one shard's forward reads
     out = {"case": asdict(c), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "forward_shard_equal_bitwise": forward_equal, "fused_sgd_shard_equal_bitwise": update_equal,
