@@ -51,15 +51,16 @@ _all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_te
 # Bytes this process has sent through the sharded lookups' collectives, by
 # kind (host-side bookkeeping from shapes only: nothing synchronises).
 _COMM: Dict[str, int] = {"gather": 0, "outputs": 0, "grad_outputs": 0, "grad_weights": 0, "row_stats": 0,
-                         "token_counts": 0}
+                         "token_counts": 0, "replica_inputs": 0}
 
 
 def comm_stats() -> Dict[str, int]:
     """Bytes this process sent through the sharded lookups' collectives since
     :func:`reset_comm_stats`, by kind: ``gather`` (indices and weights),
     ``outputs`` (column slices back to their owners), ``grad_outputs``,
-    ``grad_weights``, ``row_stats`` (row-wise rules), ``token_counts``. A byte
-    a rank keeps for itself is not counted."""
+    ``grad_weights``, ``row_stats`` (row-wise rules), ``token_counts``,
+    ``replica_inputs`` (2-D meshes: the backward's inputs gathered over the
+    replicas). A byte a rank keeps for itself is not counted."""
     return dict(_COMM)
 
 
@@ -120,10 +121,12 @@ def traffic_per_lookup(tokens: int, dim: int, lookups: int, world: int, value_by
 
 @dataclass
 class ColumnSharding:
-    """How a value pool is sharded: by columns over ``mesh`` (1-D).
+    """How a value pool is sharded: by columns over the memory-parallel
+    dimension of ``mesh`` (its only dimension, or the second of a 2-D mesh
+    whose first dimension holds data-parallel replicas of the group).
 
     ``value_grad="mean"`` (default) makes the value table's update the
-    gradient of the mean of the ranks' losses, which is what data-parallel
+    gradient of the mean of all ranks' losses, which is what data-parallel
     training of the other parameters (DDP averaging) computes; ``"sum"``, of
     their sum. ``even_tokens=True`` promises that every rank feeds the same
     number of tokens, so no token counts are exchanged (on a CUDA mesh an
@@ -135,27 +138,38 @@ class ColumnSharding:
     even_tokens: bool = False
 
     def __post_init__(self):
-        self.group = self.mesh.get_group()
-        self.world = self.mesh.size()
-        self.rank = self.mesh.get_local_rank()
+        mp = self.mesh.ndim - 1
+        self.group = self.mesh.get_group(mp)
+        self.world = self.mesh.size(mp)
+        self.rank = self.mesh.get_local_rank(mp)
+        if self.mesh.ndim == 2:
+            self.dp_group = self.mesh.get_group(0)
+            self.replicas = self.mesh.size(0)
+            self.replica = self.mesh.get_local_rank(0)
+        else:
+            self.dp_group, self.replicas, self.replica = None, 1, 0
+        self.placements = ([Replicate()] if self.mesh.ndim == 2 else []) + [Shard(1)]
 
-    # -- collectives --
+    # -- collectives (group: the memory-parallel group unless given) --
 
-    def token_counts(self, tokens: int, device: torch.device) -> List[int]:
-        if self.even_tokens or self.world == 1:
-            return [tokens] * self.world
+    def token_counts(self, tokens: int, device: torch.device, group=None) -> List[int]:
+        group = self.group if group is None else group
+        size = dist.get_world_size(group)
+        if self.even_tokens or size == 1:
+            return [tokens] * size
         # gloo: a host-side exchange; NCCL: a device exchange read back (one sync).
         mine = torch.tensor([tokens], dtype=torch.int64, device=device)
-        counts = _all_gather(mine, 0, self.group)
-        _COMM["token_counts"] += 8 * (self.world - 1)
+        counts = _all_gather(mine, 0, group)
+        _COMM["token_counts"] += 8 * (size - 1)
         return [int(c) for c in funcol.wait_tensor(counts).tolist()]
 
-    def gather_tokens(self, x: Tensor, counts: List[int]) -> Tensor:
+    def gather_tokens(self, x: Tensor, counts: List[int], group=None) -> Tensor:
         """Every rank's rows of ``x`` ([T_r, ...]), concatenated in rank order."""
+        group = self.group if group is None else group
         most = max(counts)
         if x.shape[0] < most:
             x = torch.cat([x, x.new_zeros((most - x.shape[0],) + tuple(x.shape[1:]))])
-        y = funcol.wait_tensor(_all_gather(x.contiguous(), 0, self.group))
+        y = funcol.wait_tensor(_all_gather(x.contiguous(), 0, group))
         if all(c == most for c in counts):
             return y
         return torch.cat([y[r * most:r * most + c] for r, c in enumerate(counts)])
@@ -245,18 +259,32 @@ class _ShardedBag(torch.autograd.Function):
         grad_cols = sh.exchange(g, send=[T] * P, recv=counts)  # [sum(counts), Dp]: every token, my columns
         _COMM["grad_outputs"] += (P - 1) * T * Dp * g.element_size()
         want_values, _, want_weights = ctx.needs_input_grad[:3]
-        w = all_w
-        if sh.value_grad == "mean" and P > 1:
+        idx, w, mine = all_idx, all_w, slice(0, all_idx.shape[0])
+        if sh.replicas > 1 and want_values:
+            # Replicas of the group apply the same update: each gathers the
+            # backward's inputs of every replica (token gradients, indices,
+            # weights: far fewer bytes than touched rows' gradients) and runs
+            # the backward over all of them, in replica order.
+            totals = sh.token_counts(idx.shape[0], idx.device, sh.dp_group)
+            grad_cols = sh.gather_tokens(grad_cols, totals, sh.dp_group)
+            packed = sh.gather_tokens(_pack(idx, w, idx.dtype), totals, sh.dp_group)
+            _COMM["replica_inputs"] += (sh.replicas - 1) * max(totals) * (
+                grad_cols.shape[1] * grad_cols.element_size() + packed.shape[1])
+            idx, w = _unpack(packed, idx.shape[1], idx.dtype, w.dtype)
+            start = sum(totals[:sh.replica])
+            mine = slice(start, start + totals[sh.replica])
+        if sh.value_grad == "mean" and P * sh.replicas > 1:
             # The weights scale the value gradient only: their own gradient
             # (grad_out . values) does not involve them.
-            w = all_w * (1.0 / P)
+            w = w * (1.0 / (P * sh.replicas))
         grad_local = None
         if ctx.update is not None and want_values:
-            partial = ctx.update(ctx.param, grad_cols, all_idx, w)
+            partial = ctx.update(ctx.param, grad_cols, idx, w)
         else:
-            grad_local, partial = torch.ops.memkernels.embedding_bag_backward.default(grad_cols, local, all_idx, w)
+            grad_local, partial = torch.ops.memkernels.embedding_bag_backward.default(grad_cols, local, idx, w)
             if not want_values:
                 grad_local = None
+        partial = partial[mine]
         grad_weights = None
         if want_weights:
             K = all_idx.shape[1]
@@ -327,11 +355,16 @@ def _sharding_of(param: Tensor) -> ColumnSharding:
 def shard_values(module: nn.Module, mesh: DeviceMesh, *, value_grad: str = "mean",
                  even_tokens: bool = False) -> nn.Module:
     """Shards, in place, every :class:`~memkernels.nn.ValuePool` of ``module``
-    by columns over the 1-D ``mesh`` and returns ``module``.
+    by columns over ``mesh`` and returns ``module``.
 
-    Each pool's ``weight`` becomes a ``DTensor`` parameter with placement
-    ``Shard(1)``: rank ``r`` keeps columns ``[r * D / P, (r + 1) * D / P)`` of
-    every row. A pool on the ``meta`` device is allocated shard by shard and
+    ``mesh`` is 1-D (the memory-parallel group of ``P`` ranks) or 2-D
+    (``R`` data-parallel replicas x ``P``). Each pool's ``weight`` becomes a
+    ``DTensor`` parameter with placement ``Shard(1)`` (``Replicate(), Shard(1)``
+    on a 2-D mesh): memory-parallel rank ``r`` keeps columns
+    ``[r * D / P, (r + 1) * D / P)`` of every row. On a 2-D mesh every replica
+    applies the same updates: the backward gathers the replicas' token
+    gradients, indices and weights (not row gradients) over the first
+    dimension and runs over all of them. A pool on the ``meta`` device is allocated shard by shard and
     initialised on each rank (normal, std ``D ** -0.5``); any other pool is
     sharded from rank 0's copy. Layers sharing a pool share its shard.
 
@@ -349,18 +382,18 @@ def shard_values(module: nn.Module, mesh: DeviceMesh, *, value_grad: str = "mean
             on CUDA).
 
     Raises:
-        ValueError: a mesh that is not 1-D, a ``D`` not divisible by the mesh
-            size, a pool used by a ``backend="reference"`` layer, a pool
+        ValueError: a mesh that is neither 1-D nor 2-D, a ``D`` not divisible
+            by the memory-parallel size, a pool used by a ``backend="reference"`` layer, a pool
             already sharded on another mesh, a table on another device type.
     """
     if not isinstance(mesh, DeviceMesh):
         raise TypeError(f"shard_values: mesh must be a torch.distributed DeviceMesh; got {type(mesh).__name__}")
-    if mesh.ndim != 1:
-        raise ValueError(f"shard_values: the memory-parallel mesh must be 1-D; got a {mesh.ndim}-D mesh "
-                         f"(pass the memory-parallel dimension, mesh['mp'])")
+    if mesh.ndim not in (1, 2):
+        raise ValueError(f"shard_values: the mesh must be 1-D (memory-parallel) or 2-D (replicas x "
+                         f"memory-parallel); got a {mesh.ndim}-D mesh")
     if value_grad not in _VALUE_GRAD:
         raise ValueError(f"shard_values: value_grad must be 'mean' or 'sum'; got {value_grad!r}")
-    P = mesh.size()
+    P = mesh.size(mesh.ndim - 1)
     pools: Dict[int, ValuePool] = {}
     for m in module.modules():
         if isinstance(m, ValuePool):
@@ -379,7 +412,8 @@ def shard_values(module: nn.Module, mesh: DeviceMesh, *, value_grad: str = "mean
             continue
         N, D = w.shape
         if D % P:
-            raise ValueError(f"shard_values: the value width D={D} must be divisible by the mesh size {P}")
+            raise ValueError(f"shard_values: the value width D={D} must be divisible by the memory-parallel "
+                             f"mesh size {P}")
         if w.device.type != "meta" and w.device.type != mesh.device_type:
             raise ValueError(f"shard_values: the value table is on {w.device.type} but the mesh is on "
                              f"{mesh.device_type}")
@@ -388,11 +422,11 @@ def shard_values(module: nn.Module, mesh: DeviceMesh, *, value_grad: str = "mean
             device = _mesh_device(mesh)
             local = torch.empty(N, D // P, dtype=w.dtype, device=device)
             nn.init.normal_(local, std=D ** -0.5)
-            dt = DTensor.from_local(local, mesh, [Shard(1)], run_check=False)
+            dt = DTensor.from_local(local, mesh, sharding.placements, run_check=False)
         else:
-            dt = distribute_tensor(w.detach(), mesh, [Shard(1)])
+            dt = distribute_tensor(w.detach(), mesh, sharding.placements)
             if not dt.to_local().is_contiguous():
-                dt = DTensor.from_local(dt.to_local().contiguous(), mesh, [Shard(1)], run_check=False)
+                dt = DTensor.from_local(dt.to_local().contiguous(), mesh, sharding.placements, run_check=False)
         param = nn.Parameter(dt, requires_grad=w.requires_grad)
         setattr(param, _VALUES_MARK, True)
         param._memkernels_sharding = sharding
@@ -409,14 +443,16 @@ def _mesh_device(mesh: DeviceMesh) -> torch.device:
 
 def all_reduce_dense_grads(module: nn.Module, mesh: DeviceMesh, op: str = "avg") -> None:
     """Averages (``op="avg"``) or sums the gradients of every parameter of
-    ``module`` that is not a sharded value table over ``mesh`` (what DDP
-    would do for them), one collective per parameter, in place."""
+    ``module`` that is not a sharded value table over every rank of ``mesh``
+    (what DDP would do for them), in place: one all-reduce per parameter and
+    mesh dimension."""
     if op not in ("avg", "sum"):
         raise ValueError(f"all_reduce_dense_grads: op must be 'avg' or 'sum'; got {op!r}")
-    group = mesh.get_group()
+    groups = [mesh.get_group(d) for d in range(mesh.ndim)]
     for p in module.parameters():
         if p.grad is None or isinstance(p, DTensor):
             continue
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=group)
+        for group in groups:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=group)
         if op == "avg":
             p.grad.div_(mesh.size())

@@ -279,10 +279,10 @@ def _bad_configs(rank, world):
     from memkernels import distributed as mkd
 
     mesh = _mesh(world)
-    with pytest.raises(ValueError, match="divisible by the mesh size"):
+    with pytest.raises(ValueError, match="divisible by the memory-parallel mesh size"):
         mkd.shard_values(ProductKeyMemory(DIM, n_keys=8, heads=2, knn=4, k_dim=8, v_dim=15), mesh)
     with pytest.raises(ValueError, match="1-D"):
-        mkd.shard_values(_layer(), init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "mp")))
+        mkd.shard_values(_layer(), init_device_mesh("cpu", (1, 1, world)))
     with pytest.raises(TypeError, match="DeviceMesh"):
         mkd.shard_values(_layer(), world)
     with pytest.raises(ValueError, match="backend='reference'"):
@@ -399,3 +399,57 @@ def test_column_shards_emulated_on_one_device(device):
     result = shards.run(shards.PRESETS["small"], torch.device(device), reps=2)
     assert result["forward_shard_equal_bitwise"] and result["fused_sgd_shard_equal_bitwise"]
     assert result["forward_shard_ms"] > 0 and result["backward_update_unsharded_ms"] > 0
+
+
+# ---- a 2-D mesh: data-parallel replicas of the memory-parallel group ------------------------
+
+
+def _two_d(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard
+
+    from memkernels import distributed as mkd
+
+    mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("dp", "mp"))
+    # The value gradient (dense path): every rank's tokens, on every replica.
+    ref, layer = _layer(), _layer()
+    mkd.shard_values(layer, mesh, value_grad="sum")
+    assert layer.values.weight.placements == (Replicate(), Shard(1))
+    x, target = _tokens(world)
+    (ref(x) * target).sum().backward()
+    y = layer(_mine(rank, world, x))
+    torch.testing.assert_close(y, _mine(rank, world, ref(x)), rtol=1e-5, atol=1e-6)
+    (y * _mine(rank, world, target)).sum().backward()
+    torch.testing.assert_close(layer.values.weight.grad.full_tensor(), ref.values.weight.grad, rtol=1e-5,
+                               atol=1e-7)
+    mkd.all_reduce_dense_grads(layer, mesh, op="sum")
+    torch.testing.assert_close(layer.keys.grad, ref.keys.grad, rtol=1e-4, atol=1e-6)
+
+    # Fused updates over steps: the single-process result, and replicas stay bitwise equal.
+    for cfg in (dict(algorithm="adamw", lr=1e-2, weight_decay=0.1), dict(algorithm="adagrad_rowwise", lr=0.1)):
+        ref, layer = _layer(), _layer()
+        for m in (ref, layer):
+            for name, p in m.named_parameters():
+                p.requires_grad_(name == "values.weight")
+        mkd.shard_values(layer, mesh, value_grad="sum")
+        opt_ref, opt = SparseRowOptimizer([ref.values.weight], **cfg), SparseRowOptimizer([layer.values.weight], **cfg)
+        ref.fuse_value_updates(opt_ref)
+        layer.fuse_value_updates(opt)
+        mkd.reset_comm_stats()
+        for step in range(3):
+            x, target = _tokens(world, step)
+            (ref(x) * target).sum().backward()
+            (layer(_mine(rank, world, x)) * _mine(rank, world, target)).sum().backward()
+        assert mkd.comm_stats()["replica_inputs"] > 0
+        torch.testing.assert_close(layer.values.weight.full_tensor(), ref.values.weight.detach(), rtol=1e-5,
+                                   atol=1e-6)
+        local = layer.values.weight.to_local()
+        replicas = [torch.empty_like(local) for _ in range(2)]
+        dist.all_gather(replicas, local.contiguous(), group=mesh.get_group("dp"))
+        assert torch.equal(replicas[0], replicas[1]), cfg
+
+
+def test_two_d_mesh_replicas_match_one_process_and_each_other():
+    from dist_harness import run
+
+    run(_two_d, 4)
