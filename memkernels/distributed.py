@@ -42,7 +42,7 @@ from . import ops
 from .nn import _VALUES_MARK, ProductKeyMemory, ValuePool
 
 __all__ = ["shard_values", "ColumnSharding", "traffic_per_lookup", "comm_stats", "reset_comm_stats",
-           "is_sharded", "local_shard", "all_reduce_dense_grads"]
+           "is_sharded", "local_shard", "all_reduce_dense_grads", "data_parallel", "sharded_parameter_names"]
 
 _VALUE_GRAD = ("mean", "sum")
 # all_gather_single replaced all_gather_tensor (torch 2.14); both gather along a dim.
@@ -456,3 +456,27 @@ def all_reduce_dense_grads(module: nn.Module, mesh: DeviceMesh, op: str = "avg")
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=group)
         if op == "avg":
             p.grad.div_(mesh.size())
+
+
+def sharded_parameter_names(module: nn.Module) -> List[str]:
+    """Names of ``module``'s sharded value tables (what DDP must leave alone)."""
+    return [name for name, p in module.named_parameters() if isinstance(p, DTensor)]
+
+
+def data_parallel(module: nn.Module, mesh: DeviceMesh, **ddp_kwargs) -> nn.Module:
+    """``DistributedDataParallel`` for the other parameters of a sharded
+    model: it averages their gradients over every rank of ``mesh`` and leaves
+    the sharded value tables to their own updates. ``ddp_kwargs`` go to DDP
+    (``device_ids`` and the like). A 2-D mesh must span the whole job (DDP
+    then runs on the default group)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if mesh.ndim == 1:
+        group = mesh.get_group()
+    elif mesh.size() == dist.get_world_size():
+        group = None
+    else:
+        raise ValueError("data_parallel: a 2-D mesh must span every rank of the job; wrap the model in DDP "
+                         "over a process group of the mesh's ranks yourself")
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, sharded_parameter_names(module))
+    return DistributedDataParallel(module, process_group=group, **ddp_kwargs)

@@ -90,6 +90,19 @@ def _forward_and_gradients(rank, world):
             torch.testing.assert_close(grad, dict(ref.named_parameters())[name].grad, rtol=1e-4, atol=1e-6,
                                        msg=lambda m: f"{name}: {m}")
 
+    # Under DDP (the value table left out of it), with the mean over ranks:
+    # every gradient is the single-process one over world.
+    ref, layer = _layer(), _layer()
+    mkd.shard_values(layer, mesh)
+    assert mkd.sharded_parameter_names(layer) == ["values.weight"]
+    model = mkd.data_parallel(layer, mesh)
+    x, target = _tokens(world)
+    (ref(x) * target).sum().backward()
+    (model(_mine(rank, world, x)) * _mine(rank, world, target)).sum().backward()
+    torch.testing.assert_close(layer.keys.grad * world, ref.keys.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(layer.values.weight.grad.full_tensor() * world, ref.values.weight.grad, rtol=1e-5,
+                               atol=1e-7)
+
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_forward_and_every_gradient_match_one_process(world):
