@@ -108,7 +108,9 @@ def traffic_per_lookup(tokens: int, dim: int, lookups: int, world: int, value_by
             "gather": others * T * K * (index_bytes + weight_bytes),
             "outputs": others * T * D * 4,
             "grad_outputs": others * T * D * value_bytes,
-            "grad_weights": 0,  # each row shard's partial goes into the same reduce-scatter as outputs' inverse
+            # each lookup's weight gradient is made by the rank holding its
+            # row and sent to the token's owner
+            "grad_weights": others * T * K * 4 // P,
         }
     else:
         raise ValueError(f"traffic_per_lookup: layout must be 'columns' or 'rows'; got {layout!r}")
@@ -365,7 +367,8 @@ def shard_values(module: nn.Module, mesh: DeviceMesh, *, value_grad: str = "mean
     applies the same updates: the backward gathers the replicas' token
     gradients, indices and weights (not row gradients) over the first
     dimension and runs over all of them. A pool on the ``meta`` device is allocated shard by shard and
-    initialised on each rank (normal, std ``D ** -0.5``); any other pool is
+    initialised on each rank (normal, std ``D ** -0.5``, from a generator
+    seeded by ``torch.initial_seed()`` and the shard's rank); any other pool is
     sharded from rank 0's copy. Layers sharing a pool share its shard.
 
     Call it on every rank of the mesh, before making optimizers. Afterwards
@@ -421,7 +424,9 @@ def shard_values(module: nn.Module, mesh: DeviceMesh, *, value_grad: str = "mean
         if w.device.type == "meta":
             device = _mesh_device(mesh)
             local = torch.empty(N, D // P, dtype=w.dtype, device=device)
-            nn.init.normal_(local, std=D ** -0.5)
+            # Each column shard draws its own numbers (the same on replicas of it).
+            seed = (torch.initial_seed() + 0x9E3779B1 * (sharding.rank + 1)) % (1 << 63)
+            local.normal_(0.0, D ** -0.5, generator=torch.Generator(device=device).manual_seed(seed))
             dt = DTensor.from_local(local, mesh, sharding.placements, run_check=False)
         else:
             dt = distribute_tensor(w.detach(), mesh, sharding.placements)

@@ -351,6 +351,12 @@ def _shared_and_meta(rank, world):
     local = big.weight.to_local()
     assert local.device.type == "cpu" and local.shape == (1 << 12, 8)
     assert abs(local.std().item() - (8 * world) ** -0.5) < 0.02
+    shards = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(shards, local)
+    assert not torch.equal(shards[0], shards[1])  # each shard its own numbers
+    # A layer built on the sharded pool reads it.
+    layer = ProductKeyMemory(DIM, n_keys=64, heads=2, knn=4, k_dim=8, values=big)
+    assert layer.values.weight is big.weight and layer(torch.randn(2, DIM)).shape == (2, DIM)
 
 
 def test_shared_pools_and_meta_initialisation():
