@@ -58,6 +58,24 @@ def want_cuda() -> bool:
     return possible
 
 
+def jax_include_dir():
+    """The XLA FFI headers of the installed jax, when the JAX handlers are to
+    be built: MEMKERNELS_JAX=1 requires jax, 0 skips them, unset builds them
+    when jax is importable."""
+    switch = os.environ.get("MEMKERNELS_JAX", "").strip()
+    if switch == "0":
+        return None
+    try:
+        import jax.ffi
+
+        return jax.ffi.include_dir()
+    except Exception as e:  # noqa: BLE001 - any failure means no headers
+        if switch == "1":
+            sys.exit(f"memkernels: MEMKERNELS_JAX=1 but jax's FFI headers are not available: {e}")
+        print("memkernels: building without the JAX handlers (jax is not importable)", file=sys.stderr)
+        return None
+
+
 def shared_libstdcxx_link_args():
     """Link flags that make the extension use the process's shared libstdc++.
 
@@ -216,7 +234,21 @@ def extensions():
         name="memkernels._C", sources=sources("csrc/torch/*.cpp"), include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=list(defines), extra_compile_args={"cxx": cxx},
         extra_link_args=link + ["-Wl,-rpath,$ORIGIN"], py_limited_api=False)
-    return [Extension(**core), glue], with_cuda
+    exts = [Extension(**core), glue]
+    xla = jax_include_dir() if not BUILDING_SDIST else None
+    if xla is not None:
+        # XLA FFI handlers over the core's C ABI (host code only: the CUDA
+        # kernels stay in the core library); memkernels/jax.py registers them.
+        jax_defines = [("MK_WITH_CUDA", "1")] if with_cuda else []
+        jax_includes = [os.path.join(ROOT, "csrc", "core")]
+        flags = ["-O2", "-std=c++17", "-isystem", xla]
+        if with_cuda:
+            flags += ["-isystem", os.path.join(cpp_extension.CUDA_HOME, "include")]
+        exts.append(Extension(
+            name="memkernels.libmemkernels_jax", sources=sources("csrc/jax/*.cc"), include_dirs=jax_includes,
+            define_macros=jax_defines, extra_compile_args={"cxx": flags}, py_limited_api=False,
+            extra_link_args=shared_libstdcxx_link_args() + ["-Wl,-rpath,$ORIGIN"], language="c++"))
+    return exts, with_cuda
 
 
 class BuildExt(cpp_extension.BuildExtension):
@@ -226,12 +258,12 @@ class BuildExt(cpp_extension.BuildExtension):
 
     def get_ext_filename(self, fullname):
         parts = fullname.split(".")
-        if parts[-1] == "libmemkernels_core":
-            return os.path.join(*parts[:-1], CORE_LIB)
+        if parts[-1] in ("libmemkernels_core", "libmemkernels_jax"):
+            return os.path.join(*parts[:-1], parts[-1] + ".so")
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
-        if ext.name == "memkernels._C":
+        if ext.name in ("memkernels._C", "memkernels.libmemkernels_jax"):
             core_dir = os.path.dirname(self.get_ext_fullpath("memkernels.libmemkernels_core"))
             ext.library_dirs = list(ext.library_dirs) + [core_dir]
             ext.extra_link_args = list(ext.extra_link_args) + [f"-l:{CORE_LIB}"]

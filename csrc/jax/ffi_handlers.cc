@@ -1,0 +1,323 @@
+// XLA FFI handlers of the memkernels core (memkernels.jax): the embedding
+// bag's forward and dense backward, and pk_topk's selection, for the CPU and
+// (when built with CUDA) the CUDA platform. Each handler decodes XLA's
+// buffers, fills the core's argument struct (csrc/core/memkernels.h) and
+// calls it on the stream XLA gives; workspace comes from XLA's scratch
+// allocator on CUDA and from the heap on the CPU. Nothing synchronises the
+// host, so the CUDA handlers can be captured into command buffers.
+//
+// Leading dimensions before the last two (vmap with "expand_dims") are batch
+// dimensions: a table without them is shared by every batch element (one
+// call over all bags); a table with them gets one call per element.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "memkernels.h"
+#include "xla/ffi/api/ffi.h"
+
+#if defined(MK_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+ffi::Error fail(const char* op, const std::string& what) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string("memkernels.jax.") + op + ": " + what);
+}
+
+ffi::Error check(mk_status s, const char* op) {
+  if (s == MK_OK) return ffi::Error::Success();
+  const ffi::ErrorCode code =
+      s == MK_ERR_INVALID_ARGUMENT ? ffi::ErrorCode::kInvalidArgument : ffi::ErrorCode::kInternal;
+  return ffi::Error(code, std::string("memkernels.jax.") + op + ": " + mk_status_string(s));
+}
+
+bool value_dtype(ffi::DataType t, mk_dtype* out) {
+  switch (t) {
+    case ffi::DataType::F32: *out = MK_F32; return true;
+    case ffi::DataType::F16: *out = MK_F16; return true;
+    case ffi::DataType::BF16: *out = MK_BF16; return true;
+    case ffi::DataType::F64: *out = MK_F64; return true;
+    default: return false;
+  }
+}
+
+bool index_dtype(ffi::DataType t, mk_index_dtype* out) {
+  switch (t) {
+    case ffi::DataType::S32: *out = MK_I32; return true;
+    case ffi::DataType::S64: *out = MK_I64; return true;
+    default: return false;
+  }
+}
+
+ffi::DataType acc_of(mk_dtype v) { return v == MK_F64 ? ffi::DataType::F64 : ffi::DataType::F32; }
+
+size_t value_bytes(mk_dtype v) { return v == MK_F64 ? 8 : v == MK_F32 ? 4 : 2; }
+
+// A buffer seen as [lead, rows, cols]: lead is the product of the batch
+// dimensions before the last two (1 without any).
+struct Mat {
+  int64_t lead = 1, rows = 0, cols = 0;
+  bool ok = false;
+};
+
+Mat mat(const ffi::AnyBuffer& b) {
+  Mat m;
+  auto d = b.dimensions();
+  if (d.size() < 2) return m;
+  for (size_t i = 0; i + 2 < d.size(); ++i) m.lead *= d[i];
+  m.rows = d[d.size() - 2];
+  m.cols = d[d.size() - 1];
+  m.ok = true;
+  return m;
+}
+
+// The batch size of several leads: each is 1 (shared) or the batch size.
+bool batch_of(std::initializer_list<int64_t> leads, int64_t* batch) {
+  int64_t L = 1;
+  for (int64_t l : leads) L = l > L ? l : L;
+  for (int64_t l : leads)
+    if (l != 1 && l != L) return false;
+  *batch = L;
+  return true;
+}
+
+char* at(const ffi::AnyBuffer& b, int64_t lead, int64_t l, size_t per) {
+  return static_cast<char*>(b.untyped_data()) + (lead > 1 ? size_t(l) * per : 0);
+}
+
+// Heap workspace on the CPU, XLA's scratch allocator on CUDA.
+template <class Scratch>
+void* workspace(mk_device dev, Scratch* scratch, std::vector<unsigned char>* host, size_t bytes) {
+  if (bytes == 0) bytes = 1;
+  if (dev == MK_CPU) {
+    host->resize(bytes);
+    return host->data();
+  }
+  auto p = scratch->Allocate(bytes, 256);
+  return p.has_value() ? *p : nullptr;
+}
+
+struct BagArgs {
+  Mat v, i, w;
+  mk_dtype vd;
+  mk_index_dtype id;
+  int64_t batch;
+};
+
+ffi::Error decode_bag(const char* op, const ffi::AnyBuffer& values, const ffi::AnyBuffer& indices,
+                      const ffi::AnyBuffer& weights, BagArgs* a) {
+  a->v = mat(values);
+  a->i = mat(indices);
+  a->w = mat(weights);
+  if (!a->v.ok || !a->i.ok || !a->w.ok) return fail(op, "values, indices and weights need at least 2 dimensions");
+  if (!value_dtype(values.element_type(), &a->vd)) return fail(op, "values must be float32, float16, bfloat16 or float64");
+  if (!index_dtype(indices.element_type(), &a->id)) return fail(op, "indices must be int32 or int64");
+  if (weights.element_type() != acc_of(a->vd))
+    return fail(op, "weights must be in the accumulation dtype (float64 for float64 values, else float32)");
+  if (a->w.rows != a->i.rows || a->w.cols != a->i.cols || a->w.lead != a->i.lead)
+    return fail(op, "weights must have the shape of indices");
+  if (!batch_of({a->v.lead, a->i.lead}, &a->batch)) return fail(op, "batch dimensions do not match");
+  return ffi::Error::Success();
+}
+
+// ---- embedding bag forward --------------------------------------------------------
+
+template <class Scratch>
+ffi::Error bag_forward(mk_device dev, void* stream, ffi::AnyBuffer values, ffi::AnyBuffer indices,
+                       ffi::AnyBuffer weights, ffi::Result<ffi::AnyBuffer> out) {
+  const char* op = "embedding_bag";
+  BagArgs b;
+  if (ffi::Error e = decode_bag(op, values, indices, weights, &b); e.failure()) return e;
+  Mat o = mat(*out);
+  mk_embedding_bag_fwd_args a{};
+  a.num_rows = b.v.rows;
+  a.dim = b.v.cols;
+  a.bag_size = b.i.cols;
+  a.value_dtype = b.vd;
+  a.index_dtype = b.id;
+  a.values_row_stride = b.v.cols;
+  a.check_indices = 0;  // a bad index is skipped, never read: no host round trip
+  const size_t vb = value_bytes(b.vd), ib = b.id == MK_I64 ? 8 : 4, wb = weights.element_type() == ffi::DataType::F64 ? 8 : 4;
+  if (o.cols != b.v.cols || o.rows != b.i.rows) return fail(op, "the output must be [..., T, D]");
+  if (b.v.lead == 1) {
+    // One table for every batch element: one call over all bags.
+    a.num_bags = b.batch * b.i.rows;
+    if (b.i.lead == 1 && b.batch > 1) return fail(op, "batched output with unbatched indices");
+    a.values = values.untyped_data();
+    a.indices = indices.untyped_data();
+    a.weights = weights.untyped_data();
+    a.out = out->untyped_data();
+    return check(mk_embedding_bag_forward(&a, dev, stream), op);
+  }
+  a.num_bags = b.i.rows;
+  for (int64_t l = 0; l < b.batch; ++l) {
+    a.values = at(values, b.v.lead, l, size_t(b.v.rows * b.v.cols) * vb);
+    a.indices = at(indices, b.i.lead, l, size_t(b.i.rows * b.i.cols) * ib);
+    a.weights = at(weights, b.w.lead, l, size_t(b.w.rows * b.w.cols) * wb);
+    a.out = static_cast<char*>(out->untyped_data()) + size_t(l) * size_t(o.rows * o.cols) * vb;
+    if (ffi::Error e = check(mk_embedding_bag_forward(&a, dev, stream), op); e.failure()) return e;
+  }
+  return ffi::Error::Success();
+}
+
+// ---- embedding bag backward (dense value gradient) --------------------------------------
+
+template <class Scratch>
+ffi::Error bag_backward(mk_device dev, void* stream, Scratch* scratch, ffi::AnyBuffer grad_out,
+                        ffi::AnyBuffer values, ffi::AnyBuffer indices, ffi::AnyBuffer weights,
+                        ffi::Result<ffi::AnyBuffer> grad_values, ffi::Result<ffi::AnyBuffer> grad_weights) {
+  const char* op = "embedding_bag (backward)";
+  BagArgs b;
+  if (ffi::Error e = decode_bag(op, values, indices, weights, &b); e.failure()) return e;
+  Mat g = mat(grad_out), gv = mat(*grad_values), gw = mat(*grad_weights);
+  if (grad_out.element_type() != values.element_type()) return fail(op, "grad_out must have the values' dtype");
+  if (g.rows != b.i.rows || g.cols != b.v.cols) return fail(op, "grad_out must be [..., T, D]");
+  int64_t L = 0;
+  if (!batch_of({b.v.lead, b.i.lead, g.lead, gv.lead, gw.lead}, &L)) return fail(op, "batch dimensions do not match");
+  if (gv.lead != L || gw.lead != L) return fail(op, "the gradients must carry the batch dimensions");
+  const size_t vb = value_bytes(b.vd), ib = b.id == MK_I64 ? 8 : 4, wb = weights.element_type() == ffi::DataType::F64 ? 8 : 4;
+  mk_embedding_bag_bwd_args a{};
+  a.num_rows = b.v.rows;
+  a.dim = b.v.cols;
+  a.num_bags = b.i.rows;
+  a.bag_size = b.i.cols;
+  a.value_dtype = b.vd;
+  a.index_dtype = b.id;
+  a.values_row_stride = b.v.cols;
+  a.values = values.untyped_data();  // the first element's: the size query checks them
+  a.indices = indices.untyped_data();
+  a.weights = weights.untyped_data();
+  a.grad_out = grad_out.untyped_data();
+  size_t bytes = 0;
+  if (ffi::Error e = check(mk_embedding_bag_backward_workspace_size(&a, dev, &bytes), op); e.failure()) return e;
+  std::vector<unsigned char> host;
+  void* ws = workspace(dev, scratch, &host, bytes);
+  if (ws == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "memkernels.jax: no workspace");
+  const size_t table = size_t(b.v.rows * b.v.cols) * vb, bags = size_t(b.i.rows * b.i.cols);
+  for (int64_t l = 0; l < L; ++l) {
+    a.values = at(values, b.v.lead, l, table);
+    a.indices = at(indices, b.i.lead, l, bags * ib);
+    a.weights = at(weights, b.w.lead, l, bags * wb);
+    a.grad_out = at(grad_out, g.lead, l, size_t(g.rows * g.cols) * vb);
+    a.grad_values = static_cast<char*>(grad_values->untyped_data()) + size_t(l) * table;
+    a.grad_weights = static_cast<char*>(grad_weights->untyped_data()) + size_t(l) * bags * wb;
+    if (ffi::Error e = check(mk_embedding_bag_backward_plan(&a, ws, bytes, dev, stream), op); e.failure()) return e;
+    if (ffi::Error e = check(mk_embedding_bag_backward_reduce(&a, ws, bytes, dev, stream), op); e.failure())
+      return e;
+  }
+  return ffi::Error::Success();
+}
+
+// ---- pk_topk selection ---------------------------------------------------------------
+
+// scores1, scores2 [..., T, H, n] float32 -> scores [..., T, H, k] float32 and
+// slot ids [..., T, H, k] int64, or the same bytes as int32 [..., T, H, 2k]
+// (for JAX without 64-bit types: ids below 2^31 are the even words).
+ffi::Error pk_select(mk_device dev, void* stream, ffi::AnyBuffer s1, ffi::AnyBuffer s2, int64_t k,
+                     ffi::Result<ffi::AnyBuffer> scores, ffi::Result<ffi::AnyBuffer> ids) {
+  const char* op = "pk_topk";
+  if (s1.element_type() != ffi::DataType::F32 || s2.element_type() != ffi::DataType::F32)
+    return fail(op, "half-scores must be float32");
+  auto d = s1.dimensions();
+  if (d.size() < 3) return fail(op, "half-scores must be [..., T, H, n_keys]");
+  if (s2.element_count() != s1.element_count()) return fail(op, "the two half-scores must have one shape");
+  const int64_t n = d[d.size() - 1], H = d[d.size() - 2];
+  const int64_t T = int64_t(s1.element_count()) / (n * H);
+  const bool wide = ids->element_type() == ffi::DataType::S64;
+  if (!wide && ids->element_type() != ffi::DataType::S32) return fail(op, "slot ids must be int64 or int32 pairs");
+  if (int64_t(ids->element_count()) != T * H * k * (wide ? 1 : 2) || int64_t(scores->element_count()) != T * H * k)
+    return fail(op, "outputs must be [..., T, H, k]");
+  mk_pk_select_args a{};
+  a.num_tokens = T;
+  a.num_heads = H;
+  a.num_keys = n;
+  a.k = k;
+  a.scores1 = static_cast<const float*>(s1.untyped_data());
+  a.scores2 = static_cast<const float*>(s2.untyped_data());
+  a.scores_stride_t = H * n;
+  a.scores_stride_h = n;
+  a.out_scores = static_cast<float*>(scores->untyped_data());
+  a.out_indices = static_cast<int64_t*>(ids->untyped_data());
+  return check(mk_pk_select(&a, dev, stream), op);
+}
+
+// ---- platform bindings ---------------------------------------------------------------
+
+struct NoScratch {
+  std::optional<void*> Allocate(size_t, size_t) { return std::nullopt; }
+};
+
+ffi::Error bag_forward_cpu(ffi::AnyBuffer v, ffi::AnyBuffer i, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> o) {
+  return bag_forward<NoScratch>(MK_CPU, nullptr, v, i, w, o);
+}
+
+ffi::Error bag_backward_cpu(ffi::AnyBuffer g, ffi::AnyBuffer v, ffi::AnyBuffer i, ffi::AnyBuffer w,
+                            ffi::Result<ffi::AnyBuffer> gv, ffi::Result<ffi::AnyBuffer> gw) {
+  NoScratch none;
+  return bag_backward(MK_CPU, nullptr, &none, g, v, i, w, gv, gw);
+}
+
+ffi::Error pk_select_cpu(ffi::AnyBuffer s1, ffi::AnyBuffer s2, int64_t k, ffi::Result<ffi::AnyBuffer> scores,
+                         ffi::Result<ffi::AnyBuffer> ids) {
+  return pk_select(MK_CPU, nullptr, s1, s2, k, scores, ids);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_fwd_cpu, bag_forward_cpu,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_cpu, bag_backward_cpu,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_pk_select_cpu, pk_select_cpu,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Attr<int64_t>("k")
+                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+
+#if defined(MK_WITH_CUDA)
+namespace {
+
+ffi::Error bag_forward_cuda(cudaStream_t stream, ffi::AnyBuffer v, ffi::AnyBuffer i, ffi::AnyBuffer w,
+                            ffi::Result<ffi::AnyBuffer> o) {
+  return bag_forward<NoScratch>(MK_CUDA, stream, v, i, w, o);
+}
+
+ffi::Error bag_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer g,
+                             ffi::AnyBuffer v, ffi::AnyBuffer i, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> gv,
+                             ffi::Result<ffi::AnyBuffer> gw) {
+  return bag_backward(MK_CUDA, stream, &scratch, g, v, i, w, gv, gw);
+}
+
+ffi::Error pk_select_cuda(cudaStream_t stream, ffi::AnyBuffer s1, ffi::AnyBuffer s2, int64_t k,
+                          ffi::Result<ffi::AnyBuffer> scores, ffi::Result<ffi::AnyBuffer> ids) {
+  return pk_select(MK_CUDA, stream, s1, s2, k, scores, ids);
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_fwd_cuda, bag_forward_cuda,
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_cuda, bag_backward_cuda,
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_pk_select_cuda, pk_select_cuda,
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Attr<int64_t>("k").Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+#endif
+
+// Which platforms this library has handlers for: 1 = CPU, 2 = CUDA (a bit set).
+extern "C" __attribute__((visibility("default"))) int mk_jax_platforms(void) {
+#if defined(MK_WITH_CUDA)
+  return 3;
+#else
+  return 1;
+#endif
+}

@@ -1,0 +1,217 @@
+"""memkernels from JAX: the core's kernels as XLA FFI custom calls.
+
+    import jax, jax.numpy as jnp
+    from memkernels import jax as mkj
+
+    out = mkj.embedding_bag(values, indices, weights)        # [T, D]
+    scores, slots = mkj.pk_topk(query, keys, k=32)           # [T, H, k] each
+
+Both follow the torch ops' contracts (``memkernels.embedding_bag``,
+``memkernels.pk_topk``), work under ``jax.jit``, differentiate with
+``jax.grad`` (``jax.custom_vjp``) and batch with ``jax.vmap`` (a table
+shared by the batch is read by one call over all bags). The handlers run on
+the CPU and, in a CUDA build, on CUDA devices, on the stream XLA gives them,
+with workspace from XLA's allocator and no host synchronisation.
+
+The handler library (``libmemkernels_jax.so``) is built with the package when
+jax is installed at build time (``MEMKERNELS_JAX``: docs/jax.md); importing
+this module without it, or without jax, raises ``ImportError``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import partial
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["embedding_bag", "pk_topk", "library_path", "platforms"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_LIB_NAME = "libmemkernels_jax.so"
+
+
+def library_path() -> str:
+    """Path of the XLA FFI handler library."""
+    return os.path.join(_HERE, _LIB_NAME)
+
+
+def _load():
+    path = library_path()
+    if not os.path.exists(path):
+        raise ImportError(
+            f"memkernels.jax: {path} is missing: this memkernels was built without jax. Install jax, then "
+            "reinstall memkernels (pip install --no-build-isolation --force-reinstall --no-deps memkernels), "
+            "or set MEMKERNELS_JAX=1 to make the build fail loudly if the handlers cannot be built")
+    lib = ctypes.CDLL(path)
+    lib.mk_jax_platforms.restype = ctypes.c_int
+    return lib
+
+
+_LIB = _load()
+_PLATFORMS = {"cpu": 1, "CUDA": 2}
+_TARGETS = ("embedding_bag_fwd", "embedding_bag_bwd", "pk_select")
+
+
+def platforms() -> Tuple[str, ...]:
+    """The XLA platforms this build has handlers for: ``("cpu",)`` or ``("cpu", "CUDA")``."""
+    bits = _LIB.mk_jax_platforms()
+    return tuple(p for p, bit in _PLATFORMS.items() if bits & bit)
+
+
+for _platform in platforms():
+    _suffix = "cpu" if _platform == "cpu" else "cuda"
+    for _name in _TARGETS:
+        jax.ffi.register_ffi_target(f"memkernels_{_name}", jax.ffi.pycapsule(getattr(_LIB, f"mk_jax_{_name}_{_suffix}")),
+                                    platform=_platform)
+
+# Batch dimensions reach the handlers as leading dimensions (size 1 when an
+# operand is not batched), which they understand (csrc/jax/ffi_handlers.cc).
+_VMAP = "expand_dims"
+
+
+def _acc(dtype) -> jnp.dtype:
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+def _float0(x):
+    return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+
+
+# ---- embedding bag -----------------------------------------------------------------------
+
+
+def _check_bag(values, indices, weights):
+    if values.ndim != 2:
+        raise ValueError(f"memkernels.jax.embedding_bag: values must be 2-D [N, D]; got shape {values.shape}")
+    if indices.ndim != 2 or weights.shape != indices.shape:
+        raise ValueError("memkernels.jax.embedding_bag: indices and weights must be 2-D [T, B] of one shape; got "
+                         f"{indices.shape} and {weights.shape}")
+    if jnp.dtype(values.dtype) not in (jnp.float32, jnp.float16, jnp.bfloat16, jnp.float64):
+        raise TypeError(f"memkernels.jax.embedding_bag: values must be float32, float16, bfloat16 or float64; "
+                        f"got {values.dtype}")
+    if jnp.dtype(indices.dtype) not in (jnp.int32, jnp.int64):
+        raise TypeError(f"memkernels.jax.embedding_bag: indices must be int32 or int64; got {indices.dtype}")
+
+
+def _bag_forward(values, indices, weights_acc):
+    out = jax.ShapeDtypeStruct((indices.shape[0], values.shape[1]), values.dtype)
+    return jax.ffi.ffi_call("memkernels_embedding_bag_fwd", out, vmap_method=_VMAP)(values, indices, weights_acc)
+
+
+@jax.custom_vjp
+def embedding_bag(values, indices, weights):
+    """``out[t] = sum_j weights[t, j] * values[indices[t, j]]``.
+
+    Args:
+        values: ``[N, D]`` float32, float16, bfloat16 or float64.
+        indices: ``[T, B]`` int32 or int64 in ``[0, N)``; an index outside is
+            skipped (contributes nothing; nothing is checked, nothing syncs).
+        weights: ``[T, B]`` float32 or the values' dtype.
+
+    Returns ``[T, D]`` in the values' dtype, accumulated in float32 (float64
+    for float64 values). Its gradient: the atomic-free, deterministic
+    backward (a dense ``[N, D]`` values gradient, and the weights').
+    """
+    _check_bag(values, indices, weights)
+    return _bag_forward(values, indices, weights.astype(_acc(values.dtype)))
+
+
+def _bag_fwd(values, indices, weights):
+    _check_bag(values, indices, weights)
+    w = weights.astype(_acc(values.dtype))
+    return _bag_forward(values, indices, w), (values, indices, w, jnp.zeros((), weights.dtype))
+
+
+def _bag_bwd(res, grad_out):
+    values, indices, w, weights_proto = res
+    shapes = (jax.ShapeDtypeStruct(values.shape, values.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype))
+    grad_values, grad_w = jax.ffi.ffi_call("memkernels_embedding_bag_bwd", shapes, vmap_method=_VMAP)(
+        grad_out.astype(values.dtype), values, indices, w)
+    return grad_values, _float0(indices), grad_w.astype(weights_proto.dtype)
+
+
+embedding_bag.defvjp(_bag_fwd, _bag_bwd)
+
+
+# ---- product-key top-k ---------------------------------------------------------------------
+
+
+def _half_scores(query, keys):
+    half = query.shape[-1] // 2
+    f32 = jnp.float32
+    s1 = jnp.einsum("thd,hnd->thn", query[..., :half], keys[:, 0], preferred_element_type=f32)
+    s2 = jnp.einsum("thd,hnd->thn", query[..., half:], keys[:, 1], preferred_element_type=f32)
+    return s1.astype(f32), s2.astype(f32)
+
+
+def _select(s1, s2, k: int):
+    T, H, n = s1.shape
+    wide = jax.config.jax_enable_x64
+    ids_type = jax.ShapeDtypeStruct((T, H, k), jnp.int64) if wide else jax.ShapeDtypeStruct((T, H, 2 * k), jnp.int32)
+    scores, ids = jax.ffi.ffi_call("memkernels_pk_select", (jax.ShapeDtypeStruct((T, H, k), jnp.float32), ids_type),
+                                   vmap_method=_VMAP)(s1, s2, k=np.int64(k))
+    if not wide:
+        ids = ids[..., 0::2]  # int64 slot ids below 2**31: their low words
+    return scores, ids
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def pk_topk(query, keys, k: int):
+    """Product-key top-k: for each token and head, the top ``k`` of the
+    ``n_keys**2`` sums of the two half-scores (``query[..., :Dk/2] @ keys[h, 0].T``
+    and ``query[..., Dk/2:] @ keys[h, 1].T``), exact.
+
+    Args:
+        query: ``[T, H, Dk]``; keys: ``[H, 2, n_keys, Dk/2]`` of its dtype.
+        k: ``1 <= k <= n_keys`` (a Python int).
+
+    Returns ``(scores [T, H, k] float32, descending; slots [T, H, k])``:
+    slot ids ``i1 * n_keys + i2``, int64 with ``jax_enable_x64``, else int32
+    (then ``n_keys**2`` must stay below ``2**31``, ``n_keys <= 46340``). Ties
+    break by the smaller index, as the torch op's. Differentiable in
+    ``query`` and ``keys`` through the selected pairs.
+    """
+    return _pk_forward(query, keys, k)
+
+
+def _pk_forward(query, keys, k):
+    if query.ndim != 3 or keys.ndim != 4 or keys.shape[1] != 2 or query.shape[-1] != 2 * keys.shape[-1]:
+        raise ValueError(f"memkernels.jax.pk_topk: query must be [T, H, Dk] and keys [H, 2, n_keys, Dk/2]; got "
+                         f"{query.shape} and {keys.shape}")
+    n = keys.shape[2]
+    if not 1 <= k <= n:
+        raise ValueError(f"memkernels.jax.pk_topk: k must be in [1, n_keys={n}]; got {k}")
+    if not jax.config.jax_enable_x64 and n * n >= 2**31:
+        raise ValueError(f"memkernels.jax.pk_topk: n_keys={n} gives slot ids past int32; enable jax_enable_x64")
+    s1, s2 = _half_scores(query, keys)
+    return _select(s1, s2, k)
+
+
+def _pk_fwd(query, keys, k):
+    scores, ids = _pk_forward(query, keys, k)
+    return (scores, ids), (query, keys, ids)
+
+
+def _pk_bwd(k, res, cotangents):
+    query, keys, ids = res
+    g = cotangents[0].astype(jnp.float32)  # [T, H, k]; the slots have no cotangent
+    n, half = keys.shape[2], keys.shape[3]
+    i1, i2 = ids // n, ids % n
+    f32 = jnp.float32
+    heads = jnp.arange(keys.shape[0])[None, :, None]
+    k1, k2 = keys[heads, 0, i1].astype(f32), keys[heads, 1, i2].astype(f32)  # [T, H, k, half]
+    grad_query = jnp.concatenate([jnp.einsum("thk,thkd->thd", g, k1), jnp.einsum("thk,thkd->thd", g, k2)], axis=-1)
+    q = query.astype(f32)
+    contrib1 = g[..., None] * q[:, :, None, :half]  # [T, H, k, half]
+    contrib2 = g[..., None] * q[:, :, None, half:]
+    grad_keys = jnp.zeros(keys.shape, f32)
+    grad_keys = grad_keys.at[heads, 0, i1].add(contrib1).at[heads, 1, i2].add(contrib2)
+    return grad_query.astype(query.dtype), grad_keys.astype(keys.dtype)
+
+
+pk_topk.defvjp(_pk_fwd, _pk_bwd)

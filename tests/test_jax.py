@@ -1,0 +1,177 @@
+"""memkernels.jax: the XLA FFI handlers against the torch ops, on the CPU
+(and on CUDA when JAX has a GPU): forward, gradients, jit, vmap."""
+
+import numpy as np
+import pytest
+import torch
+
+import memkernels
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+try:
+    from memkernels import jax as mkj
+except ImportError as e:  # built without the handlers
+    pytest.skip(f"memkernels.jax unavailable: {e}", allow_module_level=True)
+
+
+def _jax_devices():
+    out = ["cpu"]
+    try:
+        if jax.devices("gpu"):
+            out.append(pytest.param("gpu", marks=pytest.mark.cuda))
+    except RuntimeError:
+        out.append(pytest.param("gpu", marks=[pytest.mark.cuda, pytest.mark.skip(reason="JAX has no GPU")]))
+    return out
+
+
+@pytest.fixture(params=_jax_devices())
+def jdev(request):
+    dev = jax.devices(request.param)[0]
+    if request.param == "gpu" and "CUDA" not in mkj.platforms():
+        pytest.skip("memkernels built without CUDA handlers")
+    return dev
+
+
+def _torch_device(jdev):
+    return "cuda" if jdev.platform == "gpu" else "cpu"
+
+
+def _bag_inputs(N=50, D=12, T=9, B=5, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((N, D)).astype(dtype)
+    indices = rng.integers(0, N, (T, B)).astype(np.int32)
+    weights = rng.random((T, B)).astype(np.float32)
+    gout = rng.standard_normal((T, D)).astype(dtype)
+    return values, indices, weights, gout
+
+
+def _put(jdev, *arrays):
+    return [jax.device_put(a, jdev) for a in arrays]
+
+
+def test_platforms_and_library():
+    assert "cpu" in mkj.platforms()
+    assert mkj.library_path().endswith("libmemkernels_jax.so")
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_embedding_bag_forward_and_gradients_equal_the_torch_op(jdev, jit):
+    values, indices, weights, gout = _bag_inputs()
+    dev = _torch_device(jdev)
+    tv = torch.tensor(values, device=dev, requires_grad=True)
+    tw = torch.tensor(weights, device=dev, requires_grad=True)
+    tout = memkernels.embedding_bag(tv, torch.tensor(indices, device=dev).long(), tw)
+    tout.backward(torch.tensor(gout, device=dev))
+
+    v, i, w, g = _put(jdev, values, indices, weights, gout)
+    f = jax.jit(mkj.embedding_bag) if jit else mkj.embedding_bag
+    out = f(v, i, w)
+    # The same kernels on the same inputs: bitwise.
+    np.testing.assert_array_equal(np.asarray(out), tout.detach().cpu().numpy())
+
+    def loss(v, w):
+        return jnp.vdot(mkj.embedding_bag(v, i, w), g)
+
+    gv, gw = (jax.jit(jax.grad(loss, argnums=(0, 1))) if jit else jax.grad(loss, argnums=(0, 1)))(v, w)
+    np.testing.assert_array_equal(np.asarray(gv), tv.grad.cpu().numpy())
+    np.testing.assert_array_equal(np.asarray(gw), tw.grad.cpu().numpy())
+
+
+def test_embedding_bag_bfloat16_values(jdev):
+    values, indices, weights, _ = _bag_inputs()
+    v = jnp.asarray(values, dtype=jnp.bfloat16)
+    v, i, w = _put(jdev, v, indices, weights)
+    out = mkj.embedding_bag(v, i, w)
+    assert out.dtype == jnp.bfloat16
+    dev = _torch_device(jdev)
+    ref = memkernels.embedding_bag(torch.tensor(values, device=dev).bfloat16(), torch.tensor(indices, device=dev),
+                                   torch.tensor(weights, device=dev))
+    np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)), ref.float().cpu().numpy())
+
+
+def test_embedding_bag_vmap_shared_table_and_batched_tables(jdev):
+    values, indices, weights, gout = _bag_inputs()
+    rng = np.random.default_rng(1)
+    V = 3
+    idx = rng.integers(0, values.shape[0], (V,) + indices.shape).astype(np.int32)
+    wts = rng.random((V,) + weights.shape).astype(np.float32)
+    v, i, w = _put(jdev, values, idx, wts)
+    # A shared table: one call over all bags.
+    out = jax.vmap(mkj.embedding_bag, in_axes=(None, 0, 0))(v, i, w)
+    for b in range(V):
+        np.testing.assert_array_equal(np.asarray(out[b]), np.asarray(mkj.embedding_bag(v, i[b], w[b])))
+    # A table per batch element.
+    tables = jnp.stack([v, v * 2, v - 1])
+    out = jax.vmap(mkj.embedding_bag)(tables, i, w)
+    for b in range(V):
+        np.testing.assert_array_equal(np.asarray(out[b]), np.asarray(mkj.embedding_bag(tables[b], i[b], w[b])))
+    # Gradients under vmap: the shared table's gradient sums the batch.
+    g = jax.device_put(rng.standard_normal((V,) + gout.shape).astype(np.float32), jdev)
+
+    def loss(v, i, w, g):
+        return jnp.vdot(mkj.embedding_bag(v, i, w), g)
+
+    per = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0, 0))(v, i, w, g)
+    total = sum(jax.grad(loss)(v, i[b], w[b], g[b]) for b in range(V))
+    np.testing.assert_allclose(np.asarray(per.sum(0)), np.asarray(total), rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_bag_bad_arguments_raise():
+    v = jnp.zeros((4, 3))
+    with pytest.raises(ValueError, match="2-D"):
+        mkj.embedding_bag(v[0], jnp.zeros((2, 2), jnp.int32), jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="one shape"):
+        mkj.embedding_bag(v, jnp.zeros((2, 2), jnp.int32), jnp.zeros((2, 3)))
+    with pytest.raises(TypeError, match="int32 or int64"):
+        mkj.embedding_bag(v, jnp.zeros((2, 2), jnp.float32), jnp.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_pk_topk_matches_the_torch_op(jdev, jit):
+    rng = np.random.default_rng(2)
+    T, H, n, Dk, k = 7, 2, 16, 8, 4
+    query = rng.standard_normal((T, H, Dk)).astype(np.float32)
+    keys = rng.standard_normal((H, 2, n, Dk // 2)).astype(np.float32)
+    dev = _torch_device(jdev)
+    tq = torch.tensor(query, device=dev, requires_grad=True)
+    tk = torch.tensor(keys, device=dev, requires_grad=True)
+    ts, ti = memkernels.pk_topk(tq, tk, k)
+    gs = rng.standard_normal((T, H, k)).astype(np.float32)
+    ts.backward(torch.tensor(gs, device=dev))
+
+    q, kk, g = _put(jdev, query, keys, gs)
+    f = jax.jit(mkj.pk_topk, static_argnums=2) if jit else mkj.pk_topk
+    scores, slots = f(q, kk, k)
+    # Slots equal (no near-ties at this scale); scores within the GEMMs' rounding.
+    np.testing.assert_array_equal(np.asarray(slots), ti.cpu().numpy())
+    np.testing.assert_allclose(np.asarray(scores), ts.detach().cpu().numpy(), rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(np.asarray(scores), axis=-1) <= 0)
+
+    def loss(q, kk):
+        return jnp.vdot(mkj.pk_topk(q, kk, k)[0], g)
+
+    gq, gk = jax.grad(loss, argnums=(0, 1))(q, kk)
+    np.testing.assert_allclose(np.asarray(gq), tq.grad.cpu().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gk), tk.grad.cpu().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_pk_topk_vmap_and_bad_k(jdev):
+    rng = np.random.default_rng(3)
+    q = jax.device_put(rng.standard_normal((3, 5, 2, 8)).astype(np.float32), jdev)
+    kk = jax.device_put(rng.standard_normal((2, 2, 16, 4)).astype(np.float32), jdev)
+    s, i = jax.vmap(lambda q: mkj.pk_topk(q, kk, 4))(q)
+    for b in range(3):
+        sb, ib = mkj.pk_topk(q[b], kk, 4)
+        np.testing.assert_array_equal(np.asarray(i[b]), np.asarray(ib))
+        np.testing.assert_array_equal(np.asarray(s[b]), np.asarray(sb))
+    with pytest.raises(ValueError, match="k must be"):
+        mkj.pk_topk(q[0], kk, 17)
+
+
+def test_a_small_memory_layer_trains_under_jit():
+    """The docs/jax.md example: a product-key memory layer in plain JAX."""
+    from memkernels.examples import jax_memory
+
+    losses = jax_memory.train(steps=30, seed=0)
+    assert losses[-1] < 0.5 * losses[0]
