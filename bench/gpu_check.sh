@@ -14,7 +14,7 @@
 #   paper preset without the scaling sweeps; per-kernel device times
 #   (bench/profile_kernels.py) into profile.txt; P=8 column shards of the
 #   paper's value table emulated on the card (python -m memkernels.bench.shards,
-#   shards.json).
+#   shards.json); the JAX path against the torch path (jax_path.log).
 # full: also the whole test suite, the sweeps and pytest-benchmark's GPU cases.
 # lm: only the build and the language-model example's gpu preset
 #   (docs/lm_example.md), its lm.json and lm.png into OUT_DIR.
@@ -64,6 +64,7 @@ finish() {
     echo "== failures"
     grep -hE "^FAILED|^ERROR |ERROR SUMMARY: [1-9]|error:|CHECK\(|Error|Timeout|crashed" "$OUT"/*.log 2>/dev/null | cut -c1-300 | head -n 40
     echo "== ptxas: kernels that spill"; grep -B2 "[1-9][0-9]* bytes spill stores" "$OUT/ptxas.txt" 2>/dev/null | grep -o "entry function .*" | cut -c1-150 | head -n 12
+    echo "== JAX path vs torch path"; grep -A 8 "^JAX path" "$OUT/jax_path.log" 2>/dev/null || echo "(no JAX run)"
     echo "== column shards (one card)"; grep -A 8 "^column shards" "$OUT/shards.log" 2>/dev/null || echo "(no shards run)"
     echo "== bench (paper preset)"; grep -A 80 "^memkernels bench" "$OUT/bench.log" 2>/dev/null || echo "(no bench run)"
   } > "$OUT/summary.txt" 2>&1
@@ -111,5 +112,6 @@ else
   step bench 170 "$PY" -m memkernels.bench --preset paper --no-sweeps --reps 10 --out "$OUT/bench"
 fi
 step shards 60 "$PY" -m memkernels.bench.shards --json "$OUT/shards.json"
+step jax_path 60 "$PY" -m memkernels.bench.jax_path --json "$OUT/jax_path.json"
 step profile 90 "$PY" bench/profile_kernels.py "$OUT"
 finish

@@ -175,3 +175,27 @@ def test_a_small_memory_layer_trains_under_jit():
 
     losses = jax_memory.train(steps=30, seed=0)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_jax_path_bench_runs(monkeypatch):
+    from memkernels.bench import jax_path
+
+    monkeypatch.setattr(jax_path, "BAG_CASES", jax_path.BAG_CASES[:1])
+    monkeypatch.setattr(jax_path, "PK_CASES", jax_path.PK_CASES[:1])
+    result = jax_path.run(reps=2)
+    assert {(r["op"], r["part"]) for r in result["rows"]} == {
+        ("embedding_bag", "forward"), ("embedding_bag", "forward+backward"), ("pk_topk", "forward")}
+    assert all(r["torch_us"] > 0 and r["jax_us"] > 0 for r in result["rows"])
+
+
+def test_dlpack_round_trip_is_zero_copy(jdev):
+    """Outside jit, JAX arrays reach the torch ops through DLPack without a
+    copy, and the results come back the same way."""
+    values, indices, weights, _ = _bag_inputs()
+    v, i, w = _put(jdev, values, indices, weights)
+    tv = torch.from_dlpack(v)
+    assert tv.data_ptr() == v.unsafe_buffer_pointer()  # the same memory
+    out = memkernels.embedding_bag(tv, torch.from_dlpack(i), torch.from_dlpack(w))
+    back = jnp.from_dlpack(out)
+    assert back.unsafe_buffer_pointer() == out.data_ptr()
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(mkj.embedding_bag(v, i, w)))
