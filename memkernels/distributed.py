@@ -310,6 +310,8 @@ def backward_update_shard(param: Tensor, grad_cols: Tensor, indices: Tensor, wei
     in the same order), then update. Returns the weights' partial gradient."""
     sh: ColumnSharding = _sharding_of(param)
     local, s1, s2 = param.to_local(), local_shard(state1), local_shard(state2)
+    # Stochastic rounding hashes global columns: the shard rounds as the whole table.
+    update = dataclasses.replace(update, column_offset=update.column_offset + sh.rank * local.shape[1])
     rowwise = update.kind == "adagrad_rowwise" or update.max_row_norm > 0
     if not rowwise:
         return ops.embedding_bag_backward_update(grad_cols, local, indices, weights, update, s1, s2)

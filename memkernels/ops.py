@@ -185,7 +185,9 @@ class RowUpdate:
     including this one (Adam's bias correction). ``max_row_norm > 0`` clips
     each row's gradient to that L2 norm first. ``stochastic_rounding`` rounds
     new bfloat16 values stochastically with bits hashed from
-    ``(seed, step, row, column)``.
+    ``(seed, step, row, column_offset + column)``: a table that is a column
+    shard of a wider one gives its first column's place there, and rounds as
+    the whole table would.
     """
 
     kind: str
@@ -198,6 +200,7 @@ class RowUpdate:
     step: int = 1
     stochastic_rounding: bool = False
     seed: int = 0
+    column_offset: int = 0
 
     def hyper(self) -> List[float]:
         """The schema's ``hyper`` list: lr, beta1, beta2, eps, weight_decay, max_row_norm."""
@@ -224,7 +227,8 @@ def sparse_row_update(table: Tensor, rows: Tensor, grads: Tensor, update: RowUpd
     Untouched rows of the table and the state keep their bits.
     """
     torch.ops.memkernels.sparse_row_update.default(table, rows, grads, state1, state2, update.kind, update.hyper(),
-                                                   update.step, update.stochastic_rounding, update.seed)
+                                                   update.step, update.stochastic_rounding, update.seed,
+                                                   update.column_offset)
 
 
 def embedding_bag_backward_update(grad_out: Tensor, values: Tensor, indices: Tensor, weights: Tensor,
@@ -237,17 +241,18 @@ def embedding_bag_backward_update(grad_out: Tensor, values: Tensor, indices: Ten
     :func:`embedding_bag` and :func:`sparse_row_update`."""
     return torch.ops.memkernels.embedding_bag_backward_update.default(
         grad_out, values, indices, weights, state1, state2, update.kind, update.hyper(), update.step,
-        update.stochastic_rounding, update.seed)
+        update.stochastic_rounding, update.seed, update.column_offset)
 
 
 @torch.library.register_fake("memkernels::sparse_row_update")
-def _sparse_row_update_fake(table, rows, grads, state1, state2, kind, hyper, step, stochastic_rounding, seed):
+def _sparse_row_update_fake(table, rows, grads, state1, state2, kind, hyper, step, stochastic_rounding, seed,
+                            column_offset=0):
     return None
 
 
 @torch.library.register_fake("memkernels::embedding_bag_backward_update")
 def _embedding_bag_backward_update_fake(grad_out, values, indices, weights, state1, state2, kind, hyper, step,
-                                        stochastic_rounding, seed):
+                                        stochastic_rounding, seed, column_offset=0):
     acc = torch.float64 if values.dtype == torch.float64 else torch.float32
     return weights.new_empty(weights.shape, dtype=acc)
 

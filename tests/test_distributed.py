@@ -114,7 +114,7 @@ def test_forward_and_every_gradient_match_one_process(world):
 # ---- fused updates over several steps ------------------------------------------------------
 
 UPDATES = [
-    dict(algorithm="adamw", lr=1e-2, weight_decay=0.1),
+    dict(algorithm="adamw", lr=1e-2, weight_decay=0.1, stochastic_rounding=True, seed=5),
     dict(algorithm="sgd", lr=0.5),
     dict(algorithm="adagrad_rowwise", lr=0.1),
     dict(algorithm="adam", lr=1e-2, max_row_norm=0.02),

@@ -4,6 +4,7 @@ unchanged, state_dict, determinism, bf16 tables with stochastic rounding, the
 fused backward path, and no table-sized allocation in a training step."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -288,3 +289,23 @@ def test_fused_backward_update_bf16_stochastic_rounding(device, kind):
         torch.ops.memkernels.sparse_row_update(b, rows, row_grads, sb[0], sb[1], kind, hyper, step, True, 3)
         assert torch.equal(a, b)
     assert not torch.equal(a, table)
+
+
+def test_stochastic_rounding_of_a_column_shard_matches_the_whole_table(device):
+    """column_offset: a column shard of a bf16 table (a strided view) rounds its
+    new values with the bits of the whole table's columns."""
+    g = torch.Generator().manual_seed(4)
+    table = torch.randn(N, 8, generator=g).to(device=device, dtype=torch.bfloat16)
+    rows = torch.arange(0, N, 3, device=device)
+    grads = (torch.randn(rows.numel(), 8, generator=g) * 1e-2).to(device)
+    update = memkernels.RowUpdate("sgd", lr=0.1, stochastic_rounding=True, seed=9)
+    whole = table.clone()
+    memkernels.sparse_row_update(whole, rows, grads, update)
+    shards = table.clone()
+    for start in (0, 4):
+        memkernels.sparse_row_update(shards[:, start:start + 4], rows, grads[:, start:start + 4].contiguous(),
+                                     dataclasses.replace(update, column_offset=start))
+    assert torch.equal(shards, whole)
+    unshifted = table.clone()
+    memkernels.sparse_row_update(unshifted[:, 4:], rows, grads[:, 4:].contiguous(), update)
+    assert not torch.equal(unshifted[:, 4:], whole[:, 4:])  # the offset is what makes them agree

@@ -103,7 +103,8 @@ typedef struct mk_embedding_bag_bwd_args {
 
 /* Row-sparse optimizer updates: only the given (distinct) rows of a table
  * change, in place. Deterministic: each row is updated by one thread or warp,
- * and stochastic rounding draws its bits from (seed, step, row, column) only.
+ * and stochastic rounding draws its bits from (seed, step, row, column_offset +
+ * column) only.
  *
  *   SGD:      w -= lr * g
  *   ADAM:     the semantics of torch.optim.SparseAdam on the touched rows
@@ -131,6 +132,10 @@ typedef struct mk_row_update {
   uint64_t seed;
   void* state1; /* ADAM: exp_avg [N, D]; ADAGRAD_ROWWISE: [N]; SGD: unused */
   void* state2; /* ADAM: exp_avg_sq [N, D] */
+  /* Added in ABI 2: the table's first column within a wider table it is a
+   * column shard of (0 otherwise). Stochastic rounding hashes column
+   * column_offset + d, so a column-sharded table rounds as the whole one. */
+  int64_t column_offset;
 } mk_row_update;
 
 typedef struct mk_sparse_row_update_args {
@@ -188,7 +193,7 @@ typedef struct mk_pk_topk_args {
 /* The ABI's version: raised whenever a struct's layout or a function's
  * signature or meaning changes incompatibly. A caller compiled against this
  * header checks mk_abi_version() == MK_ABI_VERSION before its first call. */
-#define MK_ABI_VERSION 1
+#define MK_ABI_VERSION 2
 MK_API int mk_abi_version(void);
 
 MK_API const char* mk_status_string(mk_status status);

@@ -99,7 +99,7 @@ template <class V>
 MK_HD void store_updated(V* dst, acc_t<V> x, const mk_row_update& u, int64_t row, int64_t col) {
   if constexpr (ValueTraits<V>::dtype == MK_BF16) {
     if (u.stochastic_rounding) {
-      const uint16_t bits = bf16_bits_stochastic(x, sr_bits(u.seed, u.step, row, col));
+      const uint16_t bits = bf16_bits_stochastic(x, sr_bits(u.seed, u.step, row, u.column_offset + col));
 #if defined(__CUDA_ARCH__)
       *reinterpret_cast<uint16_t*>(dst) = bits;
 #else

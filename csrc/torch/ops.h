@@ -48,6 +48,7 @@ struct UpdateSpec {
   int64_t step;
   bool stochastic_rounding;
   int64_t seed;
+  int64_t column_offset;  // the table's first column in the whole table it is a shard of
 };
 
 // The core's update of `table` described by spec, with its state checked.

@@ -47,6 +47,8 @@ mk_row_update make_update(const at::Tensor& table, const c10::optional<at::Tenso
   u.step = spec.step;
   u.stochastic_rounding = spec.stochastic_rounding ? 1 : 0;
   u.seed = uint64_t(spec.seed);
+  TORCH_CHECK(spec.column_offset >= 0, kOp, ": column_offset must be >= 0; got ", spec.column_offset);
+  u.column_offset = spec.column_offset;
   const at::ScalarType acc = acc_dtype(table.scalar_type());
   const int64_t N = table.size(0), D = table.size(1);
   auto check_state = [&](const c10::optional<at::Tensor>& st, const char* name,
