@@ -79,6 +79,7 @@ class EmbeddingBagBwdArgs(C.Structure):
         ("grad_weights", C.c_void_p), ("grad_values", C.c_void_p),
         ("sparse_rows", C.c_void_p), ("sparse_grads", C.c_void_p), ("sparse_grads_acc", C.c_int),
         ("update", C.c_void_p), ("num_threads", C.c_int),
+        ("sparse_capacity", C.c_int64), ("sparse_count", C.c_void_p),
     ]
 
 

@@ -89,9 +89,10 @@ def _embedding_bag_backward_fake(grad_out, values, indices, weights):
 
 
 @torch.library.register_fake("memkernels::embedding_bag_backward_sparse")
-def _embedding_bag_backward_sparse_fake(grad_out, values, indices, weights, acc_grads=False):
+def _embedding_bag_backward_sparse_fake(grad_out, values, indices, weights, acc_grads=False, capacity=0):
     _check_shapes("memkernels.embedding_bag_backward_sparse", values, indices, weights)
-    num_unique = torch.library.get_ctx().new_dynamic_size()
+    # The capacity form has a static shape; the exact form, a data-dependent one.
+    num_unique = capacity if capacity > 0 else torch.library.get_ctx().new_dynamic_size()
     rows = indices.new_empty((num_unique,), dtype=torch.int64)
     grads_dtype = (torch.float64 if values.dtype == torch.float64 else torch.float32) if acc_grads else values.dtype
     row_grads = values.new_empty((num_unique, values.shape[1]), dtype=grads_dtype)

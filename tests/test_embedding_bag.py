@@ -398,3 +398,37 @@ def test_cpu_gradient_buffers_are_reused():
     assert again.data_ptr() == ptr
     _, ref_gv, _ = oracle(values, other, weights, grad_out)
     assert_close_to_oracle(again, ref_gv, torch.float32)
+
+
+@pytest.mark.parametrize("acc_grads", [False, True])
+@pytest.mark.parametrize("extra,hot", [(0, False), (7, False), (0, True)])
+def test_sparse_backward_capacity_form(device, acc_grads, extra, hot):
+    """capacity > 0: static shapes, no count read back; the exact rows first,
+    then -1 rows with zero gradients."""
+    values, indices, weights = make(device, 300, 20, 12, 9, hot=hot)
+    gout = torch.randn(12, 20, device=device)
+    op = torch.ops.memkernels.embedding_bag_backward_sparse.default
+    rows, grads, gw = op(gout, values, indices, weights, acc_grads)
+    U = rows.numel()
+    capacity = min(300, indices.numel()) + extra
+    crows, cgrads, cgw = op(gout, values, indices, weights, acc_grads, capacity)
+    assert crows.shape == (capacity,) and cgrads.shape == (capacity, 20)
+    assert torch.equal(crows[:U], rows) and bool((crows[U:] == -1).all())
+    assert torch.equal(cgrads[:U], grads) and bool((cgrads[U:] == 0).all())
+    assert torch.equal(cgw, gw)
+    # No pairs at all: all padding.
+    empty = torch.empty(0, 9, dtype=indices.dtype, device=device)
+    erows, egrads, _ = op(gout[:0], values, empty, weights[:0], acc_grads, 4)
+    assert bool((erows == -1).all()) and bool((egrads == 0).all()) and erows.shape == (4,)
+    with pytest.raises(RuntimeError, match="capacity must be >= 0"):
+        op(gout, values, indices, weights, acc_grads, -1)
+
+
+def test_sparse_backward_capacity_form_has_static_shapes_under_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        values, indices, weights = torch.randn(50, 8), torch.zeros(6, 3, dtype=torch.long), torch.rand(6, 3)
+        rows, grads, _ = torch.ops.memkernels.embedding_bag_backward_sparse.default(
+            torch.randn(6, 8), values, indices, weights, True, 18)
+    assert rows.shape == (18,) and grads.shape == (18, 8) and grads.dtype == torch.float32

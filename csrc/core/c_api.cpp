@@ -43,6 +43,7 @@ mk_status eb_check_bwd_args(const mk_embedding_bag_bwd_args* a) {
   if (a->grad_values && (a->sparse_rows || a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
   if (a->update && (a->grad_values || a->sparse_rows || a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
   if (bool(a->sparse_rows) != bool(a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
+  if (a->sparse_capacity < 0 || (a->sparse_capacity > 0 && !a->sparse_rows)) return MK_ERR_INVALID_ARGUMENT;
   if (a->num_bags > 0 && (!a->indices || !a->weights || !a->grad_out))
     return MK_ERR_INVALID_ARGUMENT;
   if (a->num_bags > 0 && a->grad_weights && !a->values) return MK_ERR_INVALID_ARGUMENT;

@@ -7,6 +7,7 @@
 //        of being written.
 // Results do not depend on the thread count.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -89,6 +90,7 @@ struct ReduceView {
   const int32_t* chunk_off;
   const int32_t* part_off;
   int32_t n_unique;
+  int64_t cap;  // sparse outputs: segments at or past it are dropped
   int64_t D, B, C, stride;
   int64_t T, num_pairs, row_bytes, ahead;  // prefetching
 
@@ -106,6 +108,7 @@ struct ReduceView {
       update_row_cpu<V>(update_consts, *update, table + r * stride, row, r, D);
       return;
     }
+    if ((grad_sparse_acc || grad_sparse) && int64_t(s) >= cap) return;
     if (grad_sparse_acc) {
       std::copy(row, row + w, grad_sparse_acc + int64_t(s) * D + c0);
       return;
@@ -260,6 +263,7 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   r.chunk_off = reinterpret_cast<const int32_t*>(ws + l.chunk_offsets);
   r.part_off = reinterpret_cast<const int32_t*>(ws + l.partial_offsets);
   r.n_unique = counters[kNumUnique];
+  r.cap = a.sparse_capacity > 0 ? a.sparse_capacity : INT64_MAX;
   r.D = D;
   r.B = a.bag_size;
   r.C = eb_chunk_size(a.bag_size);
@@ -282,8 +286,16 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
         std::memset(static_cast<void*>(r.grad_dense + lo * D), 0, size_t((hi - lo) * D) * sizeof(V));
     }
   }
+  if (a.sparse_count) *a.sparse_count = r.n_unique;
   if (a.sparse_rows) {
-    for (int32_t s = 0; s < r.n_unique; ++s) a.sparse_rows[s] = int64_t(r.unique[s]);
+    const int64_t rows = a.sparse_capacity > 0 ? a.sparse_capacity : r.n_unique;
+    for (int64_t s = 0; s < rows; ++s) a.sparse_rows[s] = s < r.n_unique ? int64_t(r.unique[s]) : -1;
+    if (a.sparse_capacity > r.n_unique) {
+      // The capacity form: rows past the count have zero gradients.
+      const size_t elt = a.sparse_grads_acc ? sizeof(A) : sizeof(V);
+      std::memset(static_cast<char*>(a.sparse_grads) + size_t(r.n_unique) * size_t(D) * elt, 0,
+                  size_t(a.sparse_capacity - r.n_unique) * size_t(D) * elt);
+    }
   }
   if (!r.rows_wanted() && !r.grad_w) return MK_OK;
 

@@ -169,6 +169,8 @@ struct BwdParams {
   V* grad_sparse;    // [U, D] or null
   A* grad_sparse_acc;  // [U, D] in the accumulation type, or null
   int64_t* sparse_rows;
+  int64_t* sparse_count;  // or null
+  int64_t cap;            // sparse outputs: rows written, 0 = exactly the count
   A* partials;
   const int32_t* counters;
   const K* unique;
@@ -187,7 +189,15 @@ __device__ __forceinline__ V* row_dest(const BwdParams<V, K>& p, int32_t s) {
   const K r = p.unique[s];
   if (uint64_t(r) >= uint64_t(p.N)) return nullptr;
   if (p.grad_dense) return p.grad_dense + int64_t(r) * p.D;
+  if (p.cap > 0 && int64_t(s) >= p.cap) return nullptr;
   return p.grad_sparse ? p.grad_sparse + int64_t(s) * p.D : nullptr;
+}
+
+// Segment s's row in the accumulation-type sparse output, or null.
+template <class V, class K>
+__device__ __forceinline__ acc_t<V>* row_dest_acc(const BwdParams<V, K>& p, int32_t s) {
+  if (!p.grad_sparse_acc || (p.cap > 0 && int64_t(s) >= p.cap)) return nullptr;
+  return p.grad_sparse_acc + int64_t(s) * p.D;
 }
 
 // A warp per chunk, grid-stride over the chunks the plan counted.
@@ -202,10 +212,20 @@ __global__ void __launch_bounds__(kBlockThreads) eb_backward_chunks_kernel(BwdPa
   const bool wgrad = p.grad_weights != nullptr;
   const int64_t stride_w = int64_t(gridDim.x) * kWarpsPerBlock;
 
+  if (p.sparse_count && blockIdx.x == 0 && threadIdx.x == 0) *p.sparse_count = n_unique;
   if (p.sparse_rows) {
-    for (int64_t s = int64_t(blockIdx.x) * kBlockThreads + threadIdx.x; s < n_unique;
-         s += int64_t(gridDim.x) * kBlockThreads)
-      p.sparse_rows[s] = int64_t(p.unique[s]);
+    // Capacity form: rows past the count are -1 and their gradients zero.
+    const int64_t rows = p.cap > 0 ? p.cap : n_unique;
+    const int64_t step = int64_t(gridDim.x) * kBlockThreads;
+    for (int64_t s = int64_t(blockIdx.x) * kBlockThreads + threadIdx.x; s < rows; s += step)
+      p.sparse_rows[s] = s < n_unique ? int64_t(p.unique[s]) : int64_t(-1);
+    if (p.cap > n_unique) {
+      const int64_t first = int64_t(n_unique) * p.D, total = (p.cap - n_unique) * p.D;
+      for (int64_t e = int64_t(blockIdx.x) * kBlockThreads + threadIdx.x; e < total; e += step) {
+        if (p.grad_sparse_acc) p.grad_sparse_acc[first + e] = A(0);
+        else p.grad_sparse[first + e] = from_acc<V>(A(0));
+      }
+    }
   }
 
   for (int64_t c = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5); c < n_chunks;
@@ -225,8 +245,7 @@ __global__ void __launch_bounds__(kBlockThreads) eb_backward_chunks_kernel(BwdPa
     const K r = p.unique[s];
     const bool valid = uint64_t(r) < uint64_t(p.N);
     V* dest = split ? nullptr : row_dest(p, s);
-    A* partial = split ? p.partials + int64_t(p.partial_offsets[s] + k) * p.D
-                       : (p.grad_sparse_acc ? p.grad_sparse_acc + int64_t(s) * p.D : nullptr);
+    A* partial = split ? p.partials + int64_t(p.partial_offsets[s] + k) * p.D : row_dest_acc(p, s);
     const V* vrow = valid ? p.values + int64_t(r) * p.stride : nullptr;
 
     for (int64_t col0 = 0; col0 < p.D; col0 += kTile) {
@@ -303,12 +322,13 @@ __global__ void eb_backward_combine_kernel(BwdParams<V, K> p) {
   for (int32_t h = blockIdx.y; h < n_hot; h += gridDim.y) {
     const int32_t s = p.hot_list[h];
     V* dest = row_dest(p, s);
-    if (!dest && !p.grad_sparse_acc) continue;
+    A* dest_acc = row_dest_acc(p, s);
+    if (!dest && !dest_acc) continue;
     A sum = A(0);
     for (int32_t q = p.partial_offsets[s]; q < p.partial_offsets[s + 1]; ++q)
       sum += p.partials[int64_t(q) * p.D + col];
-    if (p.grad_sparse_acc)
-      p.grad_sparse_acc[int64_t(s) * p.D + col] = sum;
+    if (dest_acc)
+      dest_acc[col] = sum;
     else
       dest[col] = from_acc<V>(sum);
   }
@@ -330,7 +350,18 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   if (a.grad_values)
     MK_CUDA_TRY(cudaMemsetAsync(a.grad_values, 0,
                                 size_t(a.num_rows) * size_t(a.dim) * sizeof(V), stream));
-  if (P == 0) return MK_OK;
+  if (P == 0) {
+    // No pairs: no distinct rows; the capacity form is all padding.
+    if (a.sparse_count) MK_CUDA_TRY(cudaMemsetAsync(a.sparse_count, 0, sizeof(int64_t), stream));
+    if (a.sparse_rows && a.sparse_capacity > 0) {
+      MK_CUDA_TRY(cudaMemsetAsync(a.sparse_rows, 0xff, size_t(a.sparse_capacity) * sizeof(int64_t), stream));
+      MK_CUDA_TRY(cudaMemsetAsync(a.sparse_grads, 0,
+                                  size_t(a.sparse_capacity) * size_t(a.dim) *
+                                      (a.sparse_grads_acc ? sizeof(A) : sizeof(V)),
+                                  stream));
+    }
+    return MK_OK;
+  }
 
   BwdParams<V, K> p;
   p.values = static_cast<const V*>(a.values);
@@ -341,6 +372,8 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   p.grad_sparse = a.sparse_grads_acc ? nullptr : static_cast<V*>(a.sparse_grads);
   p.grad_sparse_acc = a.sparse_grads_acc ? static_cast<A*>(a.sparse_grads) : nullptr;
   p.sparse_rows = a.sparse_rows;
+  p.sparse_count = a.sparse_count;
+  p.cap = a.sparse_capacity;
   p.partials = at<A>(ws, l.partials);
   p.counters = at<int32_t>(ws, l.counters);
   p.unique = at<K>(ws, l.unique_rows);

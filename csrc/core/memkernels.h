@@ -16,6 +16,7 @@
  * The backward is atomic-free and deterministic (docs/embedding_bag.md):
  *   1. mk_embedding_bag_backward_plan    sort pairs by row, find segments
  *   2. mk_embedding_bag_backward_count   (optional) read the number of distinct rows
+ *      (or give sparse_capacity and sparse_count: no host round trip)
  *   3. mk_embedding_bag_backward_reduce  one pass: row gradients and weight gradients
  * The workspace must stay untouched between the three calls.
  */
@@ -99,6 +100,16 @@ typedef struct mk_embedding_bag_bwd_args {
    * anywhere; grad_values and the sparse outputs must then be NULL. */
   const struct mk_row_update* update;
   int num_threads; /* CPU threads; 0 uses the OpenMP default */
+  /* Added in ABI 2: the capacity form of the sparse outputs (static shapes, no
+   * host round trip). 0: sparse_rows/sparse_grads hold exactly the U distinct
+   * rows (U from mk_embedding_bag_backward_count). > 0: they hold
+   * sparse_capacity rows; rows past U are -1 and their gradients zero.
+   * min(num_rows, num_bags * bag_size) always suffices when every index is
+   * valid; segments past the capacity (only invalid indices can add them)
+   * are dropped. */
+  int64_t sparse_capacity;
+  /* Added in ABI 2: if not NULL, receives U as an int64 (device memory on CUDA). */
+  int64_t* sparse_count;
 } mk_embedding_bag_bwd_args;
 
 /* Row-sparse optimizer updates: only the given (distinct) rows of a table

@@ -3,6 +3,8 @@
 // value gradients) and the backward fused with a row-sparse optimizer update.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 #include "checks.h"
 #include "cpu_buffer_pool.h"
 #include "ops.h"
@@ -169,17 +171,23 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
     const at::Tensor& grad_out_in, const at::Tensor& values, const at::Tensor& indices_in,
-    const at::Tensor& weights, Backend be, bool acc_grads) {
+    const at::Tensor& weights, Backend be, bool acc_grads, int64_t capacity) {
   at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
+  TORCH_CHECK(capacity >= 0, kBwd, ": capacity must be >= 0; got ", capacity);
   at::Tensor indices = indices_in.contiguous();
   at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);
   at::Tensor grad_w = at::empty(indices.sizes(), weights_acc.options());
   mk_embedding_bag_bwd_args a = backward_args(grad_out, values, indices, weights_acc);
   at::Tensor ws = plan_backward(a, values, be);
-  int64_t num_unique = 0;
-  check_status(mk_embedding_bag_backward_count(&a, ws.data_ptr(), be.device, be.stream,
-                                               &num_unique),
-               kBwd);
+  int64_t num_unique = capacity;
+  if (capacity == 0) {
+    // The exact form: the number of distinct rows sizes the outputs (on CUDA
+    // a device-to-host copy, a synchronisation).
+    check_status(mk_embedding_bag_backward_count(&a, ws.data_ptr(), be.device, be.stream,
+                                                 &num_unique),
+                 kBwd);
+  }
+  a.sparse_capacity = capacity;
   at::Tensor rows = at::empty({num_unique}, indices.options().dtype(at::kLong));
   const at::ScalarType grads_dtype = acc_grads ? weights_acc.scalar_type() : values.scalar_type();
   at::Tensor row_grads = be.device == MK_CPU
@@ -202,11 +210,13 @@ at::Tensor embedding_bag_backward_update(const at::Tensor& grad_out_in, const at
                                          const UpdateSpec& spec, Backend be) {
   const mk_row_update update = make_update(values, state1, state2, spec);
   if (be.device == MK_CUDA) {
-    // CUDA: the row gradients go to an fp32 [U, D] buffer, then the update
-    // kernel runs on those rows.
+    // CUDA: the row gradients go to an fp32 buffer of the capacity form
+    // (min(N, T * B) rows, padding rows -1, which the update skips), then the
+    // update kernel runs on those rows: nothing reads back to the host.
+    const int64_t capacity = std::max<int64_t>(1, std::min<int64_t>(values.size(0), indices_in.numel()));
     at::Tensor rows, row_grads, grad_weights;
-    std::tie(rows, row_grads, grad_weights) =
-        embedding_bag_backward_sparse(grad_out_in, values, indices_in, weights, be, /*acc_grads=*/true);
+    std::tie(rows, row_grads, grad_weights) = embedding_bag_backward_sparse(
+        grad_out_in, values, indices_in, weights, be, /*acc_grads=*/true, capacity);
     apply_row_update(values, rows, row_grads, update, be);
     return grad_weights;
   }

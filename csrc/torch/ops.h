@@ -35,10 +35,12 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad
                                                           bool want_grad_weights = true);
 
 // (rows int64 [U] ascending, row gradients [U, D] in the values' dtype, or in
-// the accumulation type with acc_grads, grad_weights [T, B])
+// the accumulation type with acc_grads, grad_weights [T, B]). capacity > 0:
+// the capacity form, [capacity] rows padded with -1 (zero gradients), no
+// host round trip for the count.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(
     const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
-    const at::Tensor& weights, Backend be, bool acc_grads = false);
+    const at::Tensor& weights, Backend be, bool acc_grads = false, int64_t capacity = 0);
 
 // ---- row-sparse optimizer updates (row_update_op.cpp) ------------------------------
 

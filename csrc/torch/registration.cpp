@@ -34,7 +34,8 @@ TORCH_LIBRARY(memkernels, m) {
       "-> (Tensor grad_values, Tensor grad_weights)");
   m.def(
       "embedding_bag_backward_sparse(Tensor grad_out, Tensor values, Tensor indices, "
-      "Tensor weights, bool acc_grads=False) -> (Tensor rows, Tensor row_grads, Tensor grad_weights)");
+      "Tensor weights, bool acc_grads=False, int capacity=0) -> (Tensor rows, Tensor row_grads, "
+      "Tensor grad_weights)");
   m.def(
       "pk_topk(Tensor query, Tensor keys, int k, str impl=\"auto\") -> (Tensor scores, Tensor indices)");
   m.def(
@@ -101,9 +102,10 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_dense(const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_rows(
     const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
-    const at::Tensor& weights, bool acc_grads) {
+    const at::Tensor& weights, bool acc_grads, int64_t capacity) {
   const c10::DeviceGuard guard(values.device());
-  return embedding_bag_backward_sparse(grad_out, values, indices, weights, backend_of(values), acc_grads);
+  return embedding_bag_backward_sparse(grad_out, values, indices, weights, backend_of(values), acc_grads,
+                                       capacity);
 }
 
 at::Tensor embedding_bag_backward_with_update(
