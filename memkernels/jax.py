@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["embedding_bag", "pk_topk", "library_path", "platforms"]
+__all__ = ["embedding_bag", "pk_topk", "embedding_bag_backward_sparse", "sparse_row_update", "library_path",
+           "platforms"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _LIB_NAME = "libmemkernels_jax.so"
@@ -54,7 +55,7 @@ def _load():
 
 _LIB = _load()
 _PLATFORMS = {"cpu": 1, "CUDA": 2}
-_TARGETS = ("embedding_bag_fwd", "embedding_bag_bwd", "pk_select")
+_TARGETS = ("embedding_bag_fwd", "embedding_bag_bwd", "embedding_bag_bwd_sparse", "row_update", "pk_select")
 
 
 def platforms() -> Tuple[str, ...]:
@@ -136,6 +137,86 @@ def _bag_bwd(res, grad_out):
 
 
 embedding_bag.defvjp(_bag_fwd, _bag_bwd)
+
+
+# ---- the sparse backward and the row update ------------------------------------------------
+
+
+def _int64_type(shape):
+    """An int64 result: int64 with x64, else int32 pairs (the low word holds the value)."""
+    if jax.config.jax_enable_x64:
+        return jax.ShapeDtypeStruct(shape, jnp.int64)
+    return jax.ShapeDtypeStruct(tuple(shape[:-1]) + (2 * shape[-1],), jnp.int32)
+
+
+def _from_int64(x):
+    return x if jax.config.jax_enable_x64 else x[..., 0::2]
+
+
+def _to_int64(x):
+    """Row ids for the core (int64): as they are with x64, else int32 pairs."""
+    if jax.config.jax_enable_x64:
+        return x.astype(jnp.int64)
+    x = x.astype(jnp.int32)
+    return jnp.stack([x, jnp.where(x < 0, -1, 0).astype(jnp.int32)], axis=-1).reshape(x.shape[:-1] + (-1,))
+
+
+def embedding_bag_backward_sparse(grad_out, values, indices, weights, capacity=None):
+    """The embedding bag's backward with a row-sparse value gradient of
+    static shape (the capacity form: nothing waits for the number of rows).
+
+    Returns ``(rows [capacity], row_grads [capacity, D], grad_weights [T, B],
+    count)``: the ``count`` distinct rows the bags touched, ascending, then
+    ``-1`` rows with zero gradients; row gradients in the accumulation dtype
+    (float32; float64 for float64 values). ``capacity`` defaults to
+    ``min(N, T * B)``, which always suffices for valid indices. Rows and count
+    are int64 with ``jax_enable_x64``, else int32. Under ``vmap`` it runs once
+    per batch element.
+    """
+    _check_bag(values, indices, weights)
+    N, D = values.shape
+    cap = int(capacity) if capacity is not None else max(1, min(N, indices.size))
+    acc = _acc(values.dtype)
+    shapes = (_int64_type((cap,)), jax.ShapeDtypeStruct((cap, D), acc), jax.ShapeDtypeStruct(indices.shape, acc),
+              _int64_type((1,)))
+    rows, grads, gw, count = jax.ffi.ffi_call("memkernels_embedding_bag_bwd_sparse", shapes,
+                                              vmap_method="sequential")(
+        grad_out.astype(values.dtype), values, indices, weights.astype(acc), capacity=np.int64(cap))
+    return _from_int64(rows), grads, gw.astype(weights.dtype), _from_int64(count)[0]
+
+
+_KINDS = {"sgd": 0, "adam": 1, "adagrad_rowwise": 2}
+
+
+def sparse_row_update(table, rows, grads, update, state1=None, state2=None):
+    """Applies a :class:`memkernels.RowUpdate` to the given rows of ``table``
+    (the core's row-sparse SGD, Adam/AdamW or row-wise Adagrad), returning
+    ``(table, state1, state2)`` updated. The outputs alias the inputs: under
+    ``jax.jit`` with the table and states donated (``donate_argnums``) the
+    update happens in place; otherwise XLA copies them first.
+
+    ``rows`` may hold ``-1`` (skipped: the capacity form's padding);
+    ``grads`` are ``[U, D]`` in the accumulation dtype. ``update`` is static:
+    its hyper-parameters (the step count included) are compiled in, so a
+    jitted function recompiles when they change; see docs/jax.md.
+    """
+    if update.kind not in _KINDS:
+        raise ValueError(f"memkernels.jax.sparse_row_update: unknown update kind {update.kind!r}")
+    acc = _acc(table.dtype)
+    none = jnp.zeros((0,), acc)
+    s1 = none if state1 is None else state1
+    s2 = none if state2 is None else state2
+    shapes = (jax.ShapeDtypeStruct(table.shape, table.dtype), jax.ShapeDtypeStruct(s1.shape, s1.dtype),
+              jax.ShapeDtypeStruct(s2.shape, s2.dtype))
+    t, n1, n2 = jax.ffi.ffi_call("memkernels_row_update", shapes, input_output_aliases={0: 0, 3: 1, 4: 2},
+                                 vmap_method="sequential")(
+        table, _to_int64(rows.reshape(-1, 1)).reshape(-1), grads.astype(acc), s1, s2,
+        kind=np.int64(_KINDS[update.kind]), lr=np.float64(update.lr), beta1=np.float64(update.beta1),
+        beta2=np.float64(update.beta2), eps=np.float64(update.eps), weight_decay=np.float64(update.weight_decay),
+        max_row_norm=np.float64(update.max_row_norm), step=np.int64(update.step),
+        stochastic_rounding=np.int64(bool(update.stochastic_rounding)), seed=np.uint64(update.seed),
+        column_offset=np.int64(update.column_offset))
+    return t, (None if state1 is None else n1), (None if state2 is None else n2)
 
 
 # ---- product-key top-k ---------------------------------------------------------------------

@@ -199,3 +199,68 @@ def test_dlpack_round_trip_is_zero_copy(jdev):
     back = jnp.from_dlpack(out)
     assert back.unsafe_buffer_pointer() == out.data_ptr()
     np.testing.assert_array_equal(np.asarray(back), np.asarray(mkj.embedding_bag(v, i, w)))
+
+
+def test_sparse_backward_capacity_form_equals_the_torch_op(jdev):
+    values, indices, weights, gout = _bag_inputs()
+    v, i, w, g = _put(jdev, values, indices, weights, gout)
+    rows, grads, gw, count = jax.jit(mkj.embedding_bag_backward_sparse)(g, v, i, w)
+    dev = _torch_device(jdev)
+    cap = min(values.shape[0], indices.size)
+    trows, tgrads, tgw = torch.ops.memkernels.embedding_bag_backward_sparse.default(
+        torch.tensor(gout, device=dev), torch.tensor(values, device=dev), torch.tensor(indices, device=dev),
+        torch.tensor(weights, device=dev), True, cap)
+    assert rows.shape == (cap,) and int(count) == int((trows >= 0).sum())
+    np.testing.assert_array_equal(np.asarray(rows), trows.cpu().numpy())
+    np.testing.assert_array_equal(np.asarray(grads), tgrads.cpu().numpy())
+    np.testing.assert_array_equal(np.asarray(gw), tgw.cpu().numpy())
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adagrad_rowwise"])
+def test_row_update_equals_the_torch_op_and_skips_padding(jdev, kind):
+    rng = np.random.default_rng(5)
+    N, D = 40, 6
+    table = rng.standard_normal((N, D)).astype(np.float32)
+    rows = np.array([3, 7, 21, -1, -1], dtype=np.int32)
+    grads = rng.standard_normal((5, D)).astype(np.float32)
+    update = memkernels.RowUpdate(kind, lr=0.05, weight_decay=0.01, step=2)
+    s1 = np.zeros((N, D) if kind == "adam" else (N,), np.float32) if kind != "sgd" else None
+    s2 = np.zeros((N, D), np.float32) if kind == "adam" else None
+    dev = _torch_device(jdev)
+    tt = torch.tensor(table, device=dev)
+    ts = [None if s is None else torch.tensor(s, device=dev) for s in (s1, s2)]
+    memkernels.sparse_row_update(tt, torch.tensor(rows[:3], device=dev).long(), torch.tensor(grads[:3], device=dev),
+                                 update, *ts)
+    put = lambda a: None if a is None else jax.device_put(a, jdev)  # noqa: E731
+    f = jax.jit(lambda t, r, g, a, b: mkj.sparse_row_update(t, r, g, update, a, b), donate_argnums=(0,))
+    t, n1, n2 = f(put(table), put(rows), put(grads), put(s1), put(s2))
+    np.testing.assert_array_equal(np.asarray(t), tt.cpu().numpy())
+    for got, want in ((n1, ts[0]), (n2, ts[1])):
+        if want is not None:
+            np.testing.assert_array_equal(np.asarray(got), want.cpu().numpy())
+    untouched = np.setdiff1d(np.arange(N), rows[:3])
+    np.testing.assert_array_equal(np.asarray(t)[untouched], table[untouched])
+
+
+def test_jitted_sparse_backward_and_update_equal_the_torch_fused_update(jdev):
+    """A value table's training step in JAX (sparse backward, then the row
+    update on the capacity form's rows) against the torch fused op."""
+    values, indices, weights, gout = _bag_inputs()
+    update = memkernels.RowUpdate("adam", lr=0.01, weight_decay=0.1, step=1)
+
+    @jax.jit
+    def step(table, m, v, i, w, g):
+        rows, grads, gw, _ = mkj.embedding_bag_backward_sparse(g, table, i, w)
+        table, m, v = mkj.sparse_row_update(table, rows, grads, update, m, v)
+        return table, m, v, gw
+
+    z = np.zeros_like(values)
+    t, m, v, gw = step(*_put(jdev, values, z, z, indices, weights, gout))
+    dev = _torch_device(jdev)
+    tt, tm, tv = (torch.tensor(a, device=dev) for a in (values, z, z))
+    tgw = memkernels.embedding_bag_backward_update(torch.tensor(gout, device=dev), tt,
+                                                   torch.tensor(indices, device=dev), torch.tensor(weights, device=dev),
+                                                   update, tm, tv)
+    np.testing.assert_array_equal(np.asarray(t), tt.cpu().numpy())
+    np.testing.assert_array_equal(np.asarray(m), tm.cpu().numpy())
+    np.testing.assert_array_equal(np.asarray(gw), tgw.cpu().numpy())

@@ -1,5 +1,7 @@
 // XLA FFI handlers of the memkernels core (memkernels.jax): the embedding
-// bag's forward and dense backward, and pk_topk's selection, for the CPU and
+// bag's forward, dense backward and sparse backward (capacity form), the
+// row-sparse optimizer update (in place through aliasing) and pk_topk's
+// selection, for the CPU and
 // (when built with CUDA) the CUDA platform. Each handler decodes XLA's
 // buffers, fills the core's argument struct (csrc/core/memkernels.h) and
 // calls it on the stream XLA gives; workspace comes from XLA's scratch
@@ -212,6 +214,106 @@ ffi::Error bag_backward(mk_device dev, void* stream, Scratch* scratch, ffi::AnyB
   return ffi::Error::Success();
 }
 
+// ---- embedding bag backward, sparse capacity form ---------------------------------------
+
+// int64 outputs in int64 buffers, or as int32 pairs (JAX without 64-bit
+// types: the low word is the value, as long as it is below 2^31).
+bool int64_out(const ffi::AnyBuffer& b, int64_t n) {
+  if (b.element_type() == ffi::DataType::S64) return int64_t(b.element_count()) == n;
+  return b.element_type() == ffi::DataType::S32 && int64_t(b.element_count()) == 2 * n;
+}
+
+template <class Scratch>
+ffi::Error bag_backward_sparse(mk_device dev, void* stream, Scratch* scratch, ffi::AnyBuffer grad_out,
+                               ffi::AnyBuffer values, ffi::AnyBuffer indices, ffi::AnyBuffer weights,
+                               int64_t capacity, ffi::Result<ffi::AnyBuffer> rows,
+                               ffi::Result<ffi::AnyBuffer> row_grads, ffi::Result<ffi::AnyBuffer> grad_weights,
+                               ffi::Result<ffi::AnyBuffer> count) {
+  const char* op = "embedding_bag_backward_sparse";
+  BagArgs b;
+  if (ffi::Error e = decode_bag(op, values, indices, weights, &b); e.failure()) return e;
+  if (b.batch != 1 || mat(grad_out).lead != 1) return fail(op, "no batch dimensions (vmap runs it per element)");
+  if (capacity < 1) return fail(op, "capacity must be at least 1");
+  if (!int64_out(*rows, capacity) || !int64_out(*count, 1)) return fail(op, "rows and count must be int64");
+  if (row_grads->element_type() != acc_of(b.vd) || int64_t(row_grads->element_count()) != capacity * b.v.cols)
+    return fail(op, "row gradients must be [capacity, D] in the accumulation dtype");
+  mk_embedding_bag_bwd_args a{};
+  a.num_rows = b.v.rows;
+  a.dim = b.v.cols;
+  a.num_bags = b.i.rows;
+  a.bag_size = b.i.cols;
+  a.value_dtype = b.vd;
+  a.index_dtype = b.id;
+  a.values_row_stride = b.v.cols;
+  a.values = values.untyped_data();
+  a.indices = indices.untyped_data();
+  a.weights = weights.untyped_data();
+  a.grad_out = grad_out.untyped_data();
+  a.grad_weights = grad_weights->untyped_data();
+  a.sparse_rows = static_cast<int64_t*>(rows->untyped_data());
+  a.sparse_grads = row_grads->untyped_data();
+  a.sparse_grads_acc = 1;
+  a.sparse_capacity = capacity;
+  a.sparse_count = static_cast<int64_t*>(count->untyped_data());
+  size_t bytes = 0;
+  if (ffi::Error e = check(mk_embedding_bag_backward_workspace_size(&a, dev, &bytes), op); e.failure()) return e;
+  std::vector<unsigned char> host;
+  void* ws = workspace(dev, scratch, &host, bytes);
+  if (ws == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "memkernels.jax: no workspace");
+  if (ffi::Error e = check(mk_embedding_bag_backward_plan(&a, ws, bytes, dev, stream), op); e.failure()) return e;
+  return check(mk_embedding_bag_backward_reduce(&a, ws, bytes, dev, stream), op);
+}
+
+// ---- row-sparse optimizer update, in place (outputs alias the inputs) -------------------------
+
+struct UpdateAttrs {
+  int64_t kind, step, stochastic_rounding, column_offset;
+  double lr, beta1, beta2, eps, weight_decay, max_row_norm;
+  uint64_t seed;
+};
+
+ffi::Error row_update(mk_device dev, void* stream, ffi::AnyBuffer table, ffi::AnyBuffer rows, ffi::AnyBuffer grads,
+                      ffi::AnyBuffer state1, ffi::AnyBuffer state2, const UpdateAttrs& h,
+                      ffi::Result<ffi::AnyBuffer> table_out, ffi::Result<ffi::AnyBuffer> state1_out,
+                      ffi::Result<ffi::AnyBuffer> state2_out) {
+  const char* op = "sparse_row_update";
+  // XLA gives aliased outputs the inputs' buffers (copying first when an
+  // input cannot be donated): the update works in place on them.
+  if (table_out->untyped_data() != table.untyped_data() || state1_out->untyped_data() != state1.untyped_data() ||
+      state2_out->untyped_data() != state2.untyped_data())
+    return fail(op, "the outputs must alias the table and the states");
+  Mat t = mat(table), g = mat(grads);
+  mk_dtype vd;
+  if (!t.ok || t.lead != 1 || !value_dtype(table.element_type(), &vd)) return fail(op, "table must be [N, D] float");
+  const int64_t U = int64_t(rows.element_count()) / (rows.element_type() == ffi::DataType::S64 ? 1 : 2);
+  if (!int64_out(rows, U)) return fail(op, "rows must be int64");
+  if (grads.element_type() != acc_of(vd) || !g.ok || g.rows != U || g.cols != t.cols)
+    return fail(op, "grads must be [U, D] in the accumulation dtype");
+  mk_sparse_row_update_args a{};
+  a.num_rows = t.rows;
+  a.dim = t.cols;
+  a.value_dtype = vd;
+  a.table = table_out->untyped_data();
+  a.table_row_stride = t.cols;
+  a.num_updates = U;
+  a.rows = static_cast<const int64_t*>(rows.untyped_data());
+  a.grads = grads.untyped_data();
+  a.update.kind = mk_row_optimizer(h.kind);
+  a.update.lr = h.lr;
+  a.update.beta1 = h.beta1;
+  a.update.beta2 = h.beta2;
+  a.update.eps = h.eps;
+  a.update.weight_decay = h.weight_decay;
+  a.update.max_row_norm = h.max_row_norm;
+  a.update.step = h.step;
+  a.update.stochastic_rounding = int(h.stochastic_rounding);
+  a.update.seed = h.seed;
+  a.update.column_offset = h.column_offset;
+  a.update.state1 = state1.element_count() ? state1_out->untyped_data() : nullptr;
+  a.update.state2 = state2.element_count() ? state2_out->untyped_data() : nullptr;
+  return check(mk_sparse_row_update(&a, dev, stream), op);
+}
+
 // ---- pk_topk selection ---------------------------------------------------------------
 
 // scores1, scores2 [..., T, H, n] float32 -> scores [..., T, H, k] float32 and
@@ -266,7 +368,31 @@ ffi::Error pk_select_cpu(ffi::AnyBuffer s1, ffi::AnyBuffer s2, int64_t k, ffi::R
   return pk_select(MK_CPU, nullptr, s1, s2, k, scores, ids);
 }
 
+ffi::Error bag_backward_sparse_cpu(ffi::AnyBuffer g, ffi::AnyBuffer v, ffi::AnyBuffer i, ffi::AnyBuffer w,
+                                   int64_t capacity, ffi::Result<ffi::AnyBuffer> rows,
+                                   ffi::Result<ffi::AnyBuffer> grads, ffi::Result<ffi::AnyBuffer> gw,
+                                   ffi::Result<ffi::AnyBuffer> count) {
+  NoScratch none;
+  return bag_backward_sparse(MK_CPU, nullptr, &none, g, v, i, w, capacity, rows, grads, gw, count);
+}
+
+ffi::Error row_update_cpu(ffi::AnyBuffer table, ffi::AnyBuffer rows, ffi::AnyBuffer grads, ffi::AnyBuffer s1,
+                          ffi::AnyBuffer s2, int64_t kind, double lr, double beta1, double beta2, double eps,
+                          double weight_decay, double max_row_norm, int64_t step, int64_t stochastic_rounding,
+                          uint64_t seed, int64_t column_offset, ffi::Result<ffi::AnyBuffer> table_out,
+                          ffi::Result<ffi::AnyBuffer> s1_out, ffi::Result<ffi::AnyBuffer> s2_out) {
+  const UpdateAttrs h{kind, step, stochastic_rounding, column_offset, lr, beta1, beta2, eps, weight_decay,
+                      max_row_norm, seed};
+  return row_update(MK_CPU, nullptr, table, rows, grads, s1, s2, h, table_out, s1_out, s2_out);
+}
+
 }  // namespace
+
+#define MK_ROW_UPDATE_ATTRS                                                                            \
+  .Attr<int64_t>("kind").Attr<double>("lr").Attr<double>("beta1").Attr<double>("beta2")              \
+      .Attr<double>("eps").Attr<double>("weight_decay").Attr<double>("max_row_norm")                \
+      .Attr<int64_t>("step").Attr<int64_t>("stochastic_rounding").Attr<uint64_t>("seed")            \
+      .Attr<int64_t>("column_offset")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_fwd_cpu, bag_forward_cpu,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
@@ -277,6 +403,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_cpu, bag_backward_cpu,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_pk_select_cpu, pk_select_cpu,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Attr<int64_t>("k")
                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_sparse_cpu, bag_backward_sparse_cpu,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Attr<int64_t>("capacity").Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_row_update_cpu, row_update_cpu,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>() MK_ROW_UPDATE_ATTRS
+                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 
 #if defined(MK_WITH_CUDA)
 namespace {
@@ -297,6 +431,24 @@ ffi::Error pk_select_cuda(cudaStream_t stream, ffi::AnyBuffer s1, ffi::AnyBuffer
   return pk_select(MK_CUDA, stream, s1, s2, k, scores, ids);
 }
 
+ffi::Error bag_backward_sparse_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer g,
+                                    ffi::AnyBuffer v, ffi::AnyBuffer i, ffi::AnyBuffer w, int64_t capacity,
+                                    ffi::Result<ffi::AnyBuffer> rows, ffi::Result<ffi::AnyBuffer> grads,
+                                    ffi::Result<ffi::AnyBuffer> gw, ffi::Result<ffi::AnyBuffer> count) {
+  return bag_backward_sparse(MK_CUDA, stream, &scratch, g, v, i, w, capacity, rows, grads, gw, count);
+}
+
+ffi::Error row_update_cuda(cudaStream_t stream, ffi::AnyBuffer table, ffi::AnyBuffer rows, ffi::AnyBuffer grads,
+                           ffi::AnyBuffer s1, ffi::AnyBuffer s2, int64_t kind, double lr, double beta1,
+                           double beta2, double eps, double weight_decay, double max_row_norm, int64_t step,
+                           int64_t stochastic_rounding, uint64_t seed, int64_t column_offset,
+                           ffi::Result<ffi::AnyBuffer> table_out, ffi::Result<ffi::AnyBuffer> s1_out,
+                           ffi::Result<ffi::AnyBuffer> s2_out) {
+  const UpdateAttrs h{kind, step, stochastic_rounding, column_offset, lr, beta1, beta2, eps, weight_decay,
+                      max_row_norm, seed};
+  return row_update(MK_CUDA, stream, table, rows, grads, s1, s2, h, table_out, s1_out, s2_out);
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_fwd_cuda, bag_forward_cuda,
@@ -311,6 +463,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_pk_select_cuda, pk_select_cuda,
                               ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Attr<int64_t>("k").Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_sparse_cuda, bag_backward_sparse_cuda,
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Attr<int64_t>("capacity")
+                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_row_update_cuda, row_update_cuda,
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>() MK_ROW_UPDATE_ATTRS.Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 #endif
 
 // Which platforms this library has handlers for: 1 = CPU, 2 = CUDA (a bit set).
