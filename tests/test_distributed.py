@@ -36,6 +36,24 @@ def _tokens(world, step=0):
     return torch.randn(n, DIM, generator=g), torch.randn(n, DIM, generator=g)
 
 
+def _fused_pair(mesh, cfg, dtype=None, **layer_kw):
+    """A single-process layer and a sharded twin, value tables trained by the
+    fused optimizer ``cfg``, every other parameter frozen."""
+    from memkernels import distributed as mkd
+
+    ref, layer = _layer(**layer_kw), _layer(**layer_kw)
+    for m in (ref, layer):
+        if dtype is not None:
+            m.values.weight.data = m.values.weight.data.to(dtype)
+        for name, p in m.named_parameters():
+            p.requires_grad_(name == "values.weight")
+    mkd.shard_values(layer, mesh, value_grad="sum")
+    opt_ref, opt = SparseRowOptimizer([ref.values.weight], **cfg), SparseRowOptimizer([layer.values.weight], **cfg)
+    ref.fuse_value_updates(opt_ref)
+    layer.fuse_value_updates(opt)
+    return ref, layer, opt_ref, opt
+
+
 def _mine(rank, world, t):
     start = sum(COUNTS[world][:rank])
     return t[start:start + COUNTS[world][rank]]
@@ -150,16 +168,7 @@ def _fused_updates(rank, world, dtype):
 
         # The layer: its dense projections run over each rank's tokens only, so
         # the output gradients reaching the pool round differently.
-        ref, layer = _layer(track_usage=True), _layer(track_usage=True)
-        ref.values.weight.data = ref.values.weight.data.to(dtype)
-        layer.values.weight.data = layer.values.weight.data.to(dtype)
-        for m in (ref, layer):
-            for name, p in m.named_parameters():
-                p.requires_grad_(name == "values.weight")
-        mkd.shard_values(layer, mesh, value_grad="sum")
-        opt_ref, opt = SparseRowOptimizer([ref.values.weight], **cfg), SparseRowOptimizer([layer.values.weight], **cfg)
-        ref.fuse_value_updates(opt_ref)
-        layer.fuse_value_updates(opt)
+        ref, layer, opt_ref, opt = _fused_pair(mesh, cfg, dtype, track_usage=True)
         for step in range(3):
             x, target = _tokens(world, step)
             (ref(x).float() * target).sum().backward()
@@ -446,14 +455,7 @@ def _two_d(rank, world):
 
     # Fused updates over steps: the single-process result, and replicas stay bitwise equal.
     for cfg in (dict(algorithm="adamw", lr=1e-2, weight_decay=0.1), dict(algorithm="adagrad_rowwise", lr=0.1)):
-        ref, layer = _layer(), _layer()
-        for m in (ref, layer):
-            for name, p in m.named_parameters():
-                p.requires_grad_(name == "values.weight")
-        mkd.shard_values(layer, mesh, value_grad="sum")
-        opt_ref, opt = SparseRowOptimizer([ref.values.weight], **cfg), SparseRowOptimizer([layer.values.weight], **cfg)
-        ref.fuse_value_updates(opt_ref)
-        layer.fuse_value_updates(opt)
+        ref, layer, opt_ref, opt = _fused_pair(mesh, cfg)
         mkd.reset_comm_stats()
         for step in range(3):
             x, target = _tokens(world, step)

@@ -126,6 +126,36 @@ ffi::Error decode_bag(const char* op, const ffi::AnyBuffer& values, const ffi::A
   return ffi::Error::Success();
 }
 
+// The backward's arguments common to every form (the first batch element's
+// pointers: the workspace size query checks them).
+mk_embedding_bag_bwd_args bwd_args(const BagArgs& b, const ffi::AnyBuffer& values, const ffi::AnyBuffer& indices,
+                                   const ffi::AnyBuffer& weights, const ffi::AnyBuffer& grad_out) {
+  mk_embedding_bag_bwd_args a{};
+  a.num_rows = b.v.rows;
+  a.dim = b.v.cols;
+  a.num_bags = b.i.rows;
+  a.bag_size = b.i.cols;
+  a.value_dtype = b.vd;
+  a.index_dtype = b.id;
+  a.values_row_stride = b.v.cols;
+  a.values = values.untyped_data();
+  a.indices = indices.untyped_data();
+  a.weights = weights.untyped_data();
+  a.grad_out = grad_out.untyped_data();
+  return a;
+}
+
+// A workspace for the backward of `a`: its size, and the memory (heap on the
+// CPU, XLA's scratch on CUDA).
+template <class Scratch>
+ffi::Error bwd_workspace(const char* op, mk_device dev, Scratch* scratch, const mk_embedding_bag_bwd_args& a,
+                         std::vector<unsigned char>* host, void** ws, size_t* bytes) {
+  if (ffi::Error e = check(mk_embedding_bag_backward_workspace_size(&a, dev, bytes), op); e.failure()) return e;
+  *ws = workspace(dev, scratch, host, *bytes);
+  if (*ws == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "memkernels.jax: no workspace");
+  return ffi::Error::Success();
+}
+
 // ---- embedding bag forward --------------------------------------------------------
 
 template <class Scratch>
@@ -182,23 +212,11 @@ ffi::Error bag_backward(mk_device dev, void* stream, Scratch* scratch, ffi::AnyB
   if (!batch_of({b.v.lead, b.i.lead, g.lead, gv.lead, gw.lead}, &L)) return fail(op, "batch dimensions do not match");
   if (gv.lead != L || gw.lead != L) return fail(op, "the gradients must carry the batch dimensions");
   const size_t vb = value_bytes(b.vd), ib = b.id == MK_I64 ? 8 : 4, wb = weights.element_type() == ffi::DataType::F64 ? 8 : 4;
-  mk_embedding_bag_bwd_args a{};
-  a.num_rows = b.v.rows;
-  a.dim = b.v.cols;
-  a.num_bags = b.i.rows;
-  a.bag_size = b.i.cols;
-  a.value_dtype = b.vd;
-  a.index_dtype = b.id;
-  a.values_row_stride = b.v.cols;
-  a.values = values.untyped_data();  // the first element's: the size query checks them
-  a.indices = indices.untyped_data();
-  a.weights = weights.untyped_data();
-  a.grad_out = grad_out.untyped_data();
-  size_t bytes = 0;
-  if (ffi::Error e = check(mk_embedding_bag_backward_workspace_size(&a, dev, &bytes), op); e.failure()) return e;
+  mk_embedding_bag_bwd_args a = bwd_args(b, values, indices, weights, grad_out);
   std::vector<unsigned char> host;
-  void* ws = workspace(dev, scratch, &host, bytes);
-  if (ws == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "memkernels.jax: no workspace");
+  void* ws = nullptr;
+  size_t bytes = 0;
+  if (ffi::Error e = bwd_workspace(op, dev, scratch, a, &host, &ws, &bytes); e.failure()) return e;
   const size_t table = size_t(b.v.rows * b.v.cols) * vb, bags = size_t(b.i.rows * b.i.cols);
   for (int64_t l = 0; l < L; ++l) {
     a.values = at(values, b.v.lead, l, table);
@@ -237,29 +255,17 @@ ffi::Error bag_backward_sparse(mk_device dev, void* stream, Scratch* scratch, ff
   if (!int64_out(*rows, capacity) || !int64_out(*count, 1)) return fail(op, "rows and count must be int64");
   if (row_grads->element_type() != acc_of(b.vd) || int64_t(row_grads->element_count()) != capacity * b.v.cols)
     return fail(op, "row gradients must be [capacity, D] in the accumulation dtype");
-  mk_embedding_bag_bwd_args a{};
-  a.num_rows = b.v.rows;
-  a.dim = b.v.cols;
-  a.num_bags = b.i.rows;
-  a.bag_size = b.i.cols;
-  a.value_dtype = b.vd;
-  a.index_dtype = b.id;
-  a.values_row_stride = b.v.cols;
-  a.values = values.untyped_data();
-  a.indices = indices.untyped_data();
-  a.weights = weights.untyped_data();
-  a.grad_out = grad_out.untyped_data();
+  mk_embedding_bag_bwd_args a = bwd_args(b, values, indices, weights, grad_out);
   a.grad_weights = grad_weights->untyped_data();
   a.sparse_rows = static_cast<int64_t*>(rows->untyped_data());
   a.sparse_grads = row_grads->untyped_data();
   a.sparse_grads_acc = 1;
   a.sparse_capacity = capacity;
   a.sparse_count = static_cast<int64_t*>(count->untyped_data());
-  size_t bytes = 0;
-  if (ffi::Error e = check(mk_embedding_bag_backward_workspace_size(&a, dev, &bytes), op); e.failure()) return e;
   std::vector<unsigned char> host;
-  void* ws = workspace(dev, scratch, &host, bytes);
-  if (ws == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "memkernels.jax: no workspace");
+  void* ws = nullptr;
+  size_t bytes = 0;
+  if (ffi::Error e = bwd_workspace(op, dev, scratch, a, &host, &ws, &bytes); e.failure()) return e;
   if (ffi::Error e = check(mk_embedding_bag_backward_plan(&a, ws, bytes, dev, stream), op); e.failure()) return e;
   return check(mk_embedding_bag_backward_reduce(&a, ws, bytes, dev, stream), op);
 }
