@@ -32,6 +32,7 @@ from .ops import RowUpdate
 
 __all__ = ["SparseRowOptimizer"]
 
+
 def _is_dtensor(t: Tensor) -> bool:
     return isinstance(t, _dtensor_type())
 
