@@ -88,7 +88,7 @@ class RowUpdate(C.Structure):
         ("kind", C.c_int), ("lr", C.c_double), ("beta1", C.c_double), ("beta2", C.c_double), ("eps", C.c_double),
         ("weight_decay", C.c_double), ("max_row_norm", C.c_double), ("step", C.c_int64),
         ("stochastic_rounding", C.c_int), ("seed", C.c_uint64), ("state1", C.c_void_p), ("state2", C.c_void_p),
-        ("column_offset", C.c_int64),
+        ("column_offset", C.c_int64), ("step_ptr", C.c_void_p), ("lr_scale", C.c_void_p),
     ]
 
 

@@ -188,7 +188,7 @@ def embedding_bag_backward_sparse(grad_out, values, indices, weights, capacity=N
 _KINDS = {"sgd": 0, "adam": 1, "adagrad_rowwise": 2}
 
 
-def sparse_row_update(table, rows, grads, update, state1=None, state2=None):
+def sparse_row_update(table, rows, grads, update, state1=None, state2=None, *, step=None, lr_scale=None):
     """Applies a :class:`memkernels.RowUpdate` to the given rows of ``table``
     (the core's row-sparse SGD, Adam/AdamW or row-wise Adagrad), returning
     ``(table, state1, state2)`` updated. The outputs alias the inputs: under
@@ -196,9 +196,12 @@ def sparse_row_update(table, rows, grads, update, state1=None, state2=None):
     update happens in place; otherwise XLA copies them first.
 
     ``rows`` may hold ``-1`` (skipped: the capacity form's padding);
-    ``grads`` are ``[U, D]`` in the accumulation dtype. ``update`` is static:
-    its hyper-parameters (the step count included) are compiled in, so a
-    jitted function recompiles when they change; see docs/jax.md.
+    ``grads`` are ``[U, D]`` in the accumulation dtype. ``update`` is static
+    (its hyper-parameters are compiled in); what changes from step to step
+    comes as arrays, read by the kernel: ``step`` (a scalar integer array,
+    replacing ``update.step``: Adam's bias correction and the stochastic
+    rounding bits) and ``lr_scale`` (a scalar float32 array multiplying
+    ``update.lr``, a schedule). So a jitted training step compiles once.
     """
     if update.kind not in _KINDS:
         raise ValueError(f"memkernels.jax.sparse_row_update: unknown update kind {update.kind!r}")
@@ -206,11 +209,13 @@ def sparse_row_update(table, rows, grads, update, state1=None, state2=None):
     none = jnp.zeros((0,), acc)
     s1 = none if state1 is None else state1
     s2 = none if state2 is None else state2
+    step_arg = jnp.zeros((0,), jnp.int32) if step is None else _to_int64(jnp.reshape(step, (1,)))
+    scale_arg = jnp.zeros((0,), jnp.float32) if lr_scale is None else jnp.reshape(lr_scale, (1,)).astype(jnp.float32)
     shapes = (jax.ShapeDtypeStruct(table.shape, table.dtype), jax.ShapeDtypeStruct(s1.shape, s1.dtype),
               jax.ShapeDtypeStruct(s2.shape, s2.dtype))
     t, n1, n2 = jax.ffi.ffi_call("memkernels_row_update", shapes, input_output_aliases={0: 0, 3: 1, 4: 2},
                                  vmap_method="sequential")(
-        table, _to_int64(rows.reshape(-1, 1)).reshape(-1), grads.astype(acc), s1, s2,
+        table, _to_int64(rows.reshape(-1, 1)).reshape(-1), grads.astype(acc), s1, s2, step_arg, scale_arg,
         kind=np.int64(_KINDS[update.kind]), lr=np.float64(update.lr), beta1=np.float64(update.beta1),
         beta2=np.float64(update.beta2), eps=np.float64(update.eps), weight_decay=np.float64(update.weight_decay),
         max_row_norm=np.float64(update.max_row_norm), step=np.int64(update.step),

@@ -1,6 +1,8 @@
 """memkernels.jax: the XLA FFI handlers against the torch ops, on the CPU
 (and on CUDA when JAX has a GPU): forward, gradients, jit, vmap."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -264,3 +266,30 @@ def test_jitted_sparse_backward_and_update_equal_the_torch_fused_update(jdev):
     np.testing.assert_array_equal(np.asarray(t), tt.cpu().numpy())
     np.testing.assert_array_equal(np.asarray(m), tm.cpu().numpy())
     np.testing.assert_array_equal(np.asarray(gw), tgw.cpu().numpy())
+
+
+def test_adam_steps_under_jit_compile_once(jdev):
+    """The step count and a learning-rate scale are arrays the kernel reads:
+    one compiled step serves every step, bitwise the torch op's updates."""
+    values, indices, weights, gout = _bag_inputs()
+    base = memkernels.RowUpdate("adam", lr=0.01, weight_decay=0.1)
+    traces = []
+
+    @jax.jit
+    def step(table, m, v, i, w, g, t, scale):
+        traces.append(1)
+        rows, grads, gw, _ = mkj.embedding_bag_backward_sparse(g, table, i, w)
+        return mkj.sparse_row_update(table, rows, grads, base, m, v, step=t, lr_scale=scale)
+
+    z = np.zeros_like(values)
+    t, m, v = _put(jdev, values, z, z)
+    i, w, g = _put(jdev, indices, weights, gout)
+    dev = _torch_device(jdev)
+    tt, tm, tv = (torch.tensor(a, device=dev) for a in (values, z, z))
+    for k, scale in ((1, 1.0), (2, 0.5), (3, 0.25)):
+        t, m, v = step(t, m, v, i, w, g, jnp.int32(k), jnp.float32(scale))
+        update = dataclasses.replace(base, step=k, lr=base.lr * scale)
+        memkernels.embedding_bag_backward_update(torch.tensor(gout, device=dev), tt, torch.tensor(indices, device=dev),
+                                                 torch.tensor(weights, device=dev), update, tm, tv)
+        np.testing.assert_array_equal(np.asarray(t), tt.cpu().numpy())
+    assert len(traces) == 1

@@ -253,8 +253,14 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   r.grad_dense = static_cast<V*>(a.grad_values);
   r.grad_sparse = a.sparse_grads_acc ? nullptr : static_cast<V*>(a.sparse_grads);
   r.grad_sparse_acc = a.sparse_grads_acc ? static_cast<A*>(a.sparse_grads) : nullptr;
-  r.update = a.update;
-  if (a.update) r.update_consts = row_update_consts(*a.update);
+  mk_row_update update;  // with its run-time step and learning-rate scale read
+  if (a.update) {
+    update = resolve_update(*a.update);
+    r.update = &update;
+    r.update_consts = row_update_consts(update);
+  } else {
+    r.update = nullptr;
+  }
   r.table = const_cast<V*>(static_cast<const V*>(a.values));
   r.partials = reinterpret_cast<A*>(ws + l.partials);
   r.unique = reinterpret_cast<const K*>(ws + l.unique_rows);

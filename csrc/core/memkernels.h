@@ -147,6 +147,12 @@ typedef struct mk_row_update {
    * column shard of (0 otherwise). Stochastic rounding hashes column
    * column_offset + d, so a column-sharded table rounds as the whole one. */
   int64_t column_offset;
+  /* Added in ABI 2: when not NULL, read at run time (device memory on CUDA,
+   * host memory on the CPU) so that one compiled or captured call serves
+   * every step: *step_ptr replaces step, and lr is multiplied by *lr_scale (a
+   * learning-rate schedule; weight decay scales with it, as lr * weight_decay). */
+  const int64_t* step_ptr;
+  const float* lr_scale;
 } mk_row_update;
 
 typedef struct mk_sparse_row_update_args {

@@ -48,7 +48,8 @@ namespace {
 template <class V>
 mk_status update_rows(const mk_sparse_row_update_args& a) {
   using A = acc_t<V>;
-  const RowUpdateConsts c = row_update_consts(a.update);
+  const mk_row_update u = resolve_update(a.update);  // host memory on the CPU
+  const RowUpdateConsts c = row_update_consts(u);
   V* table = static_cast<V*>(a.table);
   const A* grads = static_cast<const A*>(a.grads);
   const int threads = resolve_threads(a.num_threads);
@@ -56,7 +57,7 @@ mk_status update_rows(const mk_sparse_row_update_args& a) {
   for (int64_t i = 0; i < a.num_updates; ++i) {
     const int64_t r = a.rows[i];
     if (r < 0 || r >= a.num_rows) continue;
-    update_row_cpu<V>(c, a.update, table + r * a.table_row_stride, grads + i * a.dim, r, a.dim);
+    update_row_cpu<V>(c, u, table + r * a.table_row_stride, grads + i * a.dim, r, a.dim);
   }
   return MK_OK;
 }

@@ -12,7 +12,11 @@ using cuda::warp_sum;
 template <class V>
 __global__ void row_update_kernel(mk_sparse_row_update_args a, RowUpdateConsts c) {
   using A = acc_t<V>;
-  const mk_row_update& u = a.update;
+  // Run-time step and learning-rate scale, read on the device (every thread
+  // the same numbers).
+  const bool runtime = a.update.step_ptr || a.update.lr_scale;
+  const mk_row_update u = runtime ? resolve_update(a.update) : a.update;
+  if (runtime) c = row_update_consts(u);
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   const int64_t D = a.dim;

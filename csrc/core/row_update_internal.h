@@ -27,7 +27,17 @@ struct RowUpdateConsts {
   int kind;
 };
 
-inline RowUpdateConsts row_update_consts(const mk_row_update& u) {
+// The update with its run-time inputs read (step_ptr, lr_scale): on the host
+// for the CPU, in the kernel for CUDA (device pointers).
+MK_HD mk_row_update resolve_update(mk_row_update u) {
+  if (u.step_ptr) u.step = *u.step_ptr;
+  if (u.lr_scale) u.lr *= double(*u.lr_scale);
+  u.step_ptr = nullptr;
+  u.lr_scale = nullptr;
+  return u;
+}
+
+MK_HD RowUpdateConsts row_update_consts(const mk_row_update& u) {
   RowUpdateConsts c{};
   c.kind = int(u.kind);
   c.lr = u.lr;
@@ -37,9 +47,9 @@ inline RowUpdateConsts row_update_consts(const mk_row_update& u) {
   c.decay = 1.0 - u.lr * u.weight_decay;
   c.step_size = u.lr;
   if (u.kind == MK_OPT_ADAM) {
-    const double bc1 = 1.0 - std::pow(u.beta1, double(u.step));
-    const double bc2 = 1.0 - std::pow(u.beta2, double(u.step));
-    c.step_size = u.lr * std::sqrt(bc2) / bc1;
+    const double bc1 = 1.0 - pow(u.beta1, double(u.step));
+    const double bc2 = 1.0 - pow(u.beta2, double(u.step));
+    c.step_size = u.lr * sqrt(bc2) / bc1;
   }
   return c;
 }

@@ -279,7 +279,8 @@ struct UpdateAttrs {
 };
 
 ffi::Error row_update(mk_device dev, void* stream, ffi::AnyBuffer table, ffi::AnyBuffer rows, ffi::AnyBuffer grads,
-                      ffi::AnyBuffer state1, ffi::AnyBuffer state2, const UpdateAttrs& h,
+                      ffi::AnyBuffer state1, ffi::AnyBuffer state2, ffi::AnyBuffer step, ffi::AnyBuffer lr_scale,
+                      const UpdateAttrs& h,
                       ffi::Result<ffi::AnyBuffer> table_out, ffi::Result<ffi::AnyBuffer> state1_out,
                       ffi::Result<ffi::AnyBuffer> state2_out) {
   const char* op = "sparse_row_update";
@@ -317,6 +318,17 @@ ffi::Error row_update(mk_device dev, void* stream, ffi::AnyBuffer table, ffi::An
   a.update.column_offset = h.column_offset;
   a.update.state1 = state1.element_count() ? state1_out->untyped_data() : nullptr;
   a.update.state2 = state2.element_count() ? state2_out->untyped_data() : nullptr;
+  // Traced step count and learning-rate scale: read by the kernel, so one
+  // compiled call serves every step.
+  if (step.element_count()) {
+    if (!int64_out(step, 1)) return fail(op, "step must be one int64");
+    a.update.step_ptr = static_cast<const int64_t*>(step.untyped_data());
+  }
+  if (lr_scale.element_count()) {
+    if (lr_scale.element_type() != ffi::DataType::F32 || lr_scale.element_count() != 1)
+      return fail(op, "lr_scale must be one float32");
+    a.update.lr_scale = static_cast<const float*>(lr_scale.untyped_data());
+  }
   return check(mk_sparse_row_update(&a, dev, stream), op);
 }
 
@@ -383,13 +395,14 @@ ffi::Error bag_backward_sparse_cpu(ffi::AnyBuffer g, ffi::AnyBuffer v, ffi::AnyB
 }
 
 ffi::Error row_update_cpu(ffi::AnyBuffer table, ffi::AnyBuffer rows, ffi::AnyBuffer grads, ffi::AnyBuffer s1,
-                          ffi::AnyBuffer s2, int64_t kind, double lr, double beta1, double beta2, double eps,
+                          ffi::AnyBuffer s2, ffi::AnyBuffer step_buf, ffi::AnyBuffer lr_scale_buf, int64_t kind, double lr, double beta1, double beta2, double eps,
                           double weight_decay, double max_row_norm, int64_t step, int64_t stochastic_rounding,
                           uint64_t seed, int64_t column_offset, ffi::Result<ffi::AnyBuffer> table_out,
                           ffi::Result<ffi::AnyBuffer> s1_out, ffi::Result<ffi::AnyBuffer> s2_out) {
   const UpdateAttrs h{kind, step, stochastic_rounding, column_offset, lr, beta1, beta2, eps, weight_decay,
                       max_row_norm, seed};
-  return row_update(MK_CPU, nullptr, table, rows, grads, s1, s2, h, table_out, s1_out, s2_out);
+  return row_update(MK_CPU, nullptr, table, rows, grads, s1, s2, step_buf, lr_scale_buf, h, table_out, s1_out,
+                    s2_out);
 }
 
 }  // namespace
@@ -415,7 +428,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_sparse_cpu, bag_backward_
                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_row_update_cpu, row_update_cpu,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>() MK_ROW_UPDATE_ATTRS
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>() MK_ROW_UPDATE_ATTRS
                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 
 #if defined(MK_WITH_CUDA)
@@ -445,14 +459,16 @@ ffi::Error bag_backward_sparse_cuda(cudaStream_t stream, ffi::ScratchAllocator s
 }
 
 ffi::Error row_update_cuda(cudaStream_t stream, ffi::AnyBuffer table, ffi::AnyBuffer rows, ffi::AnyBuffer grads,
-                           ffi::AnyBuffer s1, ffi::AnyBuffer s2, int64_t kind, double lr, double beta1,
+                           ffi::AnyBuffer s1, ffi::AnyBuffer s2, ffi::AnyBuffer step_buf, ffi::AnyBuffer lr_scale_buf,
+                           int64_t kind, double lr, double beta1,
                            double beta2, double eps, double weight_decay, double max_row_norm, int64_t step,
                            int64_t stochastic_rounding, uint64_t seed, int64_t column_offset,
                            ffi::Result<ffi::AnyBuffer> table_out, ffi::Result<ffi::AnyBuffer> s1_out,
                            ffi::Result<ffi::AnyBuffer> s2_out) {
   const UpdateAttrs h{kind, step, stochastic_rounding, column_offset, lr, beta1, beta2, eps, weight_decay,
                       max_row_norm, seed};
-  return row_update(MK_CUDA, stream, table, rows, grads, s1, s2, h, table_out, s1_out, s2_out);
+  return row_update(MK_CUDA, stream, table, rows, grads, s1, s2, step_buf, lr_scale_buf, h, table_out, s1_out,
+                    s2_out);
 }
 
 }  // namespace
@@ -478,7 +494,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_sparse_cuda, bag_backward
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_row_update_cuda, row_update_cuda,
                               ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>() MK_ROW_UPDATE_ATTRS.Ret<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  MK_ROW_UPDATE_ATTRS.Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 #endif
 
