@@ -42,6 +42,18 @@ mk_status eb_check_bwd_args(const mk_embedding_bag_bwd_args* a) {
     return MK_ERR_INVALID_ARGUMENT;
   if (a->grad_values && (a->sparse_rows || a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
   if (a->update && (a->grad_values || a->sparse_rows || a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
+  if (a->update) {
+    // The update's own checks (its kind, its state), as mk_sparse_row_update makes them.
+    mk_sparse_row_update_args u{};
+    u.num_rows = a->num_rows;
+    u.dim = a->dim;
+    u.value_dtype = a->value_dtype;
+    u.table = const_cast<void*>(a->values);
+    u.table_row_stride = a->values_row_stride;
+    u.update = *a->update;
+    const mk_status st = row_update_check_args(&u);
+    if (st != MK_OK) return st;
+  }
   if (bool(a->sparse_rows) != bool(a->sparse_grads)) return MK_ERR_INVALID_ARGUMENT;
   if (a->sparse_capacity < 0 || (a->sparse_capacity > 0 && !a->sparse_rows)) return MK_ERR_INVALID_ARGUMENT;
   if (a->num_bags > 0 && (!a->indices || !a->weights || !a->grad_out))
@@ -249,10 +261,7 @@ mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_args* args
     char* ws = static_cast<char*>(workspace);
     if (device == MK_CPU) return mk::eb_backward_reduce_cpu(*args, ws, l);
 #ifdef MK_WITH_CUDA
-    if (device == MK_CUDA) {
-      if (args->update) return MK_ERR_UNSUPPORTED;
-      return mk::eb_backward_reduce_cuda(*args, ws, l, stream);
-    }
+    if (device == MK_CUDA) return mk::eb_backward_reduce_cuda(*args, ws, l, stream);
 #endif
     (void)stream;
     return MK_ERR_UNSUPPORTED;

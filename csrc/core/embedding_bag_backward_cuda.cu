@@ -15,6 +15,7 @@
 
 #include "cuda_internal.cuh"
 #include "embedding_bag_internal.h"
+#include "row_update_internal.h"
 
 namespace mk {
 namespace {
@@ -414,12 +415,33 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
 
 }  // namespace
 
+namespace {
+
+// The backward fused with an update keeps the capacity form of the row
+// gradients (fp32, min(N, T * B) rows) at the end of the scratch region, then
+// runs the update kernel on them: no count read back, nothing allocated.
+int64_t update_capacity(const mk_embedding_bag_bwd_args& a) {
+  const int64_t P = a.num_bags * a.bag_size;
+  return std::max<int64_t>(1, std::min<int64_t>(a.num_rows, P));
+}
+
+size_t update_bytes(const mk_embedding_bag_bwd_args& a) {
+  if (!a.update) return 0;
+  const size_t cap = size_t(update_capacity(a));
+  return align256(cap * sizeof(int64_t)) + cap * size_t(a.dim) * acc_size(a.value_dtype);
+}
+
+}  // namespace
+
 mk_status eb_backward_scratch_cuda(const mk_embedding_bag_bwd_args& a, size_t* bytes) {
   const int64_t P = a.num_bags * a.bag_size;
-  return dispatch_index(a.index_dtype, [&](auto i) {
+  size_t cub = 0;
+  const mk_status st = dispatch_index(a.index_dtype, [&](auto i) {
     using K = typename std::make_unsigned<decltype(i)>::type;
-    return cub_temp_bytes<K>(P, eb_sort_bits(a.num_rows), bytes);
+    return cub_temp_bytes<K>(P, eb_sort_bits(a.num_rows), &cub);
   });
+  *bytes = align256(cub) + update_bytes(a);
+  return st;
 }
 
 mk_status eb_backward_plan_cuda(const mk_embedding_bag_bwd_args& a, char* ws,
@@ -442,10 +464,36 @@ mk_status eb_backward_count_cuda(const char* ws, const EbWorkspaceLayout& l, voi
 mk_status eb_backward_reduce_cuda(const mk_embedding_bag_bwd_args& a, char* ws,
                                   const EbWorkspaceLayout& l, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  return dispatch_value(a.value_dtype, [&](auto v) {
-    using V = decltype(v);
-    return dispatch_index(a.index_dtype, [&](auto i) { return reduce<V, decltype(i)>(a, ws, l, s); });
-  });
+  auto run = [&](const mk_embedding_bag_bwd_args& b) {
+    return dispatch_value(b.value_dtype, [&](auto v) {
+      using V = decltype(v);
+      return dispatch_index(b.index_dtype, [&](auto i) { return reduce<V, decltype(i)>(b, ws, l, s); });
+    });
+  };
+  if (!a.update) return run(a);
+  // Fused update: row gradients into the capacity form, then the update.
+  const int64_t cap = update_capacity(a);
+  char* buf = ws + l.scratch + l.scratch_bytes - update_bytes(a);
+  mk_embedding_bag_bwd_args b = a;
+  b.update = nullptr;
+  b.sparse_rows = reinterpret_cast<int64_t*>(buf);
+  b.sparse_grads = buf + align256(size_t(cap) * sizeof(int64_t));
+  b.sparse_grads_acc = 1;
+  b.sparse_capacity = cap;
+  b.sparse_count = nullptr;
+  const mk_status st = run(b);
+  if (st != MK_OK) return st;
+  mk_sparse_row_update_args u{};
+  u.num_rows = a.num_rows;
+  u.dim = a.dim;
+  u.value_dtype = a.value_dtype;
+  u.table = const_cast<void*>(a.values);
+  u.table_row_stride = a.values_row_stride;
+  u.num_updates = cap;
+  u.rows = b.sparse_rows;
+  u.grads = b.sparse_grads;
+  u.update = *a.update;
+  return row_update_cuda(u, stream);
 }
 
 }  // namespace mk

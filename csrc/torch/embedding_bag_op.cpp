@@ -3,7 +3,6 @@
 // value gradients) and the backward fused with a row-sparse optimizer update.
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 
 #include "checks.h"
 #include "cpu_buffer_pool.h"
@@ -209,19 +208,10 @@ at::Tensor embedding_bag_backward_update(const at::Tensor& grad_out_in, const at
                                          const c10::optional<at::Tensor>& state2,
                                          const UpdateSpec& spec, Backend be) {
   const mk_row_update update = make_update(values, state1, state2, spec);
-  if (be.device == MK_CUDA) {
-    // CUDA: the row gradients go to an fp32 buffer of the capacity form
-    // (min(N, T * B) rows, padding rows -1, which the update skips), then the
-    // update kernel runs on those rows: nothing reads back to the host.
-    const int64_t capacity = std::max<int64_t>(1, std::min<int64_t>(values.size(0), indices_in.numel()));
-    at::Tensor rows, row_grads, grad_weights;
-    std::tie(rows, row_grads, grad_weights) = embedding_bag_backward_sparse(
-        grad_out_in, values, indices_in, weights, be, /*acc_grads=*/true, capacity);
-    apply_row_update(values, rows, row_grads, update, be);
-    return grad_weights;
-  }
-  // CPU: each row is updated as the segment reduction finishes it; the row
-  // gradient is never written.
+  // The core applies the update: on the CPU to each row as the segment
+  // reduction finishes it (the row gradient is never written); on CUDA to the
+  // capacity form of the row gradients inside the workspace (nothing is read
+  // back to the host).
   at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
   at::Tensor indices = indices_in.contiguous();
   at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);

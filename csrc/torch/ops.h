@@ -57,11 +57,6 @@ struct UpdateSpec {
 mk_row_update make_update(const at::Tensor& table, const c10::optional<at::Tensor>& state1,
                           const c10::optional<at::Tensor>& state2, const UpdateSpec& spec);
 
-// Applies `update` to the given rows of `table` (rows int64 [U] contiguous,
-// grads [U, D] contiguous in the accumulation type).
-void apply_row_update(const at::Tensor& table, const at::Tensor& rows, const at::Tensor& grads,
-                      const mk_row_update& update, Backend be);
-
 void sparse_row_update(const at::Tensor& table, const at::Tensor& rows, const at::Tensor& grads,
                        const c10::optional<at::Tensor>& state1,
                        const c10::optional<at::Tensor>& state2, const UpdateSpec& spec,

@@ -1,6 +1,6 @@
 // Torch glue for the row-sparse optimizer updates: the update's description
 // and state checked and handed to the core. The embedding-bag backward fused
-// with an update uses make_update and apply_row_update (embedding_bag_op.cpp).
+// with an update uses make_update (embedding_bag_op.cpp).
 #include <ATen/Parallel.h>
 
 #include "checks.h"
@@ -72,6 +72,10 @@ mk_row_update make_update(const at::Tensor& table, const c10::optional<at::Tenso
   return u;
 }
 
+namespace {
+
+// Applies `u` to the given rows of `table` (rows int64 [U] contiguous, grads
+// [U, D] contiguous in the accumulation type).
 void apply_row_update(const at::Tensor& table, const at::Tensor& rows, const at::Tensor& grads,
                       const mk_row_update& u, Backend be) {
   mk_sparse_row_update_args a{};
@@ -87,6 +91,8 @@ void apply_row_update(const at::Tensor& table, const at::Tensor& rows, const at:
   a.num_threads = at::get_num_threads();
   check_status(mk_sparse_row_update(&a, be.device, be.stream), kOp);
 }
+
+}  // namespace
 
 void sparse_row_update(const at::Tensor& table, const at::Tensor& rows_in,
                        const at::Tensor& grads_in, const c10::optional<at::Tensor>& state1,

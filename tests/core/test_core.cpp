@@ -2,6 +2,7 @@
 // and row-sparse) against a naive fp64 reference, determinism across runs and
 // thread counts, and the error codes.
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -198,6 +199,41 @@ void check_row_update() {
   CHECK(table[2 * 3 + 1] == 0.0f && table[7 * 3 + 2] == 2.5f && table[0] == 1.0f, "sgd update wrong");
   a.update.kind = MK_OPT_ADAM;  // no state, step 0
   CHECK(mk_sparse_row_update(&a, MK_CPU, nullptr) == MK_ERR_INVALID_ARGUMENT, "adam without state accepted");
+  // The step read at run time (step_ptr) stands in for step; the scale multiplies lr.
+  std::vector<float> m(10 * 3, 0.0f), v(10 * 3, 0.0f);
+  const int64_t step = 1;
+  const float half = 0.5f;
+  a.update.state1 = m.data();
+  a.update.state2 = v.data();
+  a.update.step_ptr = &step;
+  a.update.lr_scale = &half;
+  std::fill(table.begin(), table.end(), 1.0f);
+  CHECK(mk_sparse_row_update(&a, MK_CPU, nullptr) == MK_OK, "adam with step_ptr refused");
+  // Adam's first step moves each touched element by lr (here 0.5 * 0.5) against its gradient's sign.
+  CHECK(std::fabs(table[2 * 3] - 0.75f) < 1e-5f && std::fabs(table[7 * 3] - 1.25f) < 1e-5f, "adam step_ptr wrong");
+
+  // The backward fused with an update checks the update as mk_sparse_row_update does.
+  std::vector<int64_t> idx = {2, 7};
+  std::vector<float> w = {1, 1}, gout = {1, 1, 1, 1, 1, 1};
+  mk_row_update bad{};
+  bad.kind = MK_OPT_ADAM;  // no state
+  bad.step = 1;
+  mk_embedding_bag_bwd_args b{};
+  b.num_rows = 10;
+  b.dim = 3;
+  b.num_bags = 2;
+  b.bag_size = 1;
+  b.value_dtype = MK_F32;
+  b.index_dtype = MK_I64;
+  b.values = table.data();
+  b.values_row_stride = 3;
+  b.indices = idx.data();
+  b.weights = w.data();
+  b.grad_out = gout.data();
+  b.update = &bad;
+  size_t bytes = 0;
+  CHECK(mk_embedding_bag_backward_workspace_size(&b, MK_CPU, &bytes) == MK_ERR_INVALID_ARGUMENT,
+        "fused backward with a stateless adam accepted");
 }
 
 }  // namespace
