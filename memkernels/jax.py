@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["embedding_bag", "pk_topk", "embedding_bag_backward_sparse", "sparse_row_update", "library_path",
-           "platforms"]
+__all__ = ["embedding_bag", "pk_topk", "embedding_bag_backward_sparse", "embedding_bag_backward_update",
+           "sparse_row_update", "library_path", "platforms"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _LIB_NAME = "libmemkernels_jax.so"
@@ -55,7 +55,8 @@ def _load():
 
 _LIB = _load()
 _PLATFORMS = {"cpu": 1, "CUDA": 2}
-_TARGETS = ("embedding_bag_fwd", "embedding_bag_bwd", "embedding_bag_bwd_sparse", "row_update", "pk_select")
+_TARGETS = ("embedding_bag_fwd", "embedding_bag_bwd", "embedding_bag_bwd_sparse", "embedding_bag_bwd_update",
+            "row_update", "pk_select")
 
 
 def platforms() -> Tuple[str, ...]:
@@ -188,6 +189,24 @@ def embedding_bag_backward_sparse(grad_out, values, indices, weights, capacity=N
 _KINDS = {"sgd": 0, "adam": 1, "adagrad_rowwise": 2}
 
 
+def _update_operands(op, update, acc, state1, state2, step, lr_scale):
+    """The update's operands (states, empty when absent; the run-time step
+    and learning-rate scale, empty when absent) and its static attributes."""
+    if update.kind not in _KINDS:
+        raise ValueError(f"memkernels.jax.{op}: unknown update kind {update.kind!r}")
+    none = jnp.zeros((0,), acc)
+    s1 = none if state1 is None else state1
+    s2 = none if state2 is None else state2
+    step_arg = jnp.zeros((0,), jnp.int32) if step is None else _to_int64(jnp.reshape(step, (1,)))
+    scale_arg = jnp.zeros((0,), jnp.float32) if lr_scale is None else jnp.reshape(lr_scale, (1,)).astype(jnp.float32)
+    attrs = dict(kind=np.int64(_KINDS[update.kind]), lr=np.float64(update.lr), beta1=np.float64(update.beta1),
+                 beta2=np.float64(update.beta2), eps=np.float64(update.eps),
+                 weight_decay=np.float64(update.weight_decay), max_row_norm=np.float64(update.max_row_norm),
+                 step=np.int64(update.step), stochastic_rounding=np.int64(bool(update.stochastic_rounding)),
+                 seed=np.uint64(update.seed), column_offset=np.int64(update.column_offset))
+    return s1, s2, step_arg, scale_arg, attrs
+
+
 def sparse_row_update(table, rows, grads, update, state1=None, state2=None, *, step=None, lr_scale=None):
     """Applies a :class:`memkernels.RowUpdate` to the given rows of ``table``
     (the core's row-sparse SGD, Adam/AdamW or row-wise Adagrad), returning
@@ -203,25 +222,37 @@ def sparse_row_update(table, rows, grads, update, state1=None, state2=None, *, s
     rounding bits) and ``lr_scale`` (a scalar float32 array multiplying
     ``update.lr``, a schedule). So a jitted training step compiles once.
     """
-    if update.kind not in _KINDS:
-        raise ValueError(f"memkernels.jax.sparse_row_update: unknown update kind {update.kind!r}")
     acc = _acc(table.dtype)
-    none = jnp.zeros((0,), acc)
-    s1 = none if state1 is None else state1
-    s2 = none if state2 is None else state2
-    step_arg = jnp.zeros((0,), jnp.int32) if step is None else _to_int64(jnp.reshape(step, (1,)))
-    scale_arg = jnp.zeros((0,), jnp.float32) if lr_scale is None else jnp.reshape(lr_scale, (1,)).astype(jnp.float32)
+    s1, s2, step_arg, scale_arg, attrs = _update_operands("sparse_row_update", update, acc, state1, state2, step,
+                                                          lr_scale)
     shapes = (jax.ShapeDtypeStruct(table.shape, table.dtype), jax.ShapeDtypeStruct(s1.shape, s1.dtype),
               jax.ShapeDtypeStruct(s2.shape, s2.dtype))
     t, n1, n2 = jax.ffi.ffi_call("memkernels_row_update", shapes, input_output_aliases={0: 0, 3: 1, 4: 2},
                                  vmap_method="sequential")(
-        table, _to_int64(rows.reshape(-1, 1)).reshape(-1), grads.astype(acc), s1, s2, step_arg, scale_arg,
-        kind=np.int64(_KINDS[update.kind]), lr=np.float64(update.lr), beta1=np.float64(update.beta1),
-        beta2=np.float64(update.beta2), eps=np.float64(update.eps), weight_decay=np.float64(update.weight_decay),
-        max_row_norm=np.float64(update.max_row_norm), step=np.int64(update.step),
-        stochastic_rounding=np.int64(bool(update.stochastic_rounding)), seed=np.uint64(update.seed),
-        column_offset=np.int64(update.column_offset))
+        table, _to_int64(rows.reshape(-1, 1)).reshape(-1), grads.astype(acc), s1, s2, step_arg, scale_arg, **attrs)
     return t, (None if state1 is None else n1), (None if state2 is None else n2)
+
+
+def embedding_bag_backward_update(grad_out, values, indices, weights, update, state1=None, state2=None, *,
+                                  step=None, lr_scale=None):
+    """The embedding bag's backward fused with ``update`` (one call): the
+    touched rows of ``values`` and their optimizer state are updated from
+    their fp32 gradients, which never leave the kernels. Returns
+    ``(values, state1, state2, grad_weights)``; the first three alias their
+    inputs (in place under ``jit`` when donated). ``update``, ``step`` and
+    ``lr_scale`` as in :func:`sparse_row_update`. Bitwise the torch op
+    ``memkernels.embedding_bag_backward_update``.
+    """
+    _check_bag(values, indices, weights)
+    acc = _acc(values.dtype)
+    s1, s2, step_arg, scale_arg, attrs = _update_operands("embedding_bag_backward_update", update, acc, state1,
+                                                          state2, step, lr_scale)
+    shapes = (jax.ShapeDtypeStruct(values.shape, values.dtype), jax.ShapeDtypeStruct(s1.shape, s1.dtype),
+              jax.ShapeDtypeStruct(s2.shape, s2.dtype), jax.ShapeDtypeStruct(indices.shape, acc))
+    v, n1, n2, gw = jax.ffi.ffi_call("memkernels_embedding_bag_bwd_update", shapes,
+                                     input_output_aliases={1: 0, 4: 1, 5: 2}, vmap_method="sequential")(
+        grad_out.astype(values.dtype), values, indices, weights.astype(acc), s1, s2, step_arg, scale_arg, **attrs)
+    return v, (None if state1 is None else n1), (None if state2 is None else n2), gw.astype(weights.dtype)
 
 
 # ---- product-key top-k ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 (and on CUDA when JAX has a GPU): forward, gradients, jit, vmap."""
 
 import dataclasses
+from functools import partial
 
 import numpy as np
 import pytest
@@ -292,4 +293,39 @@ def test_adam_steps_under_jit_compile_once(jdev):
         memkernels.embedding_bag_backward_update(torch.tensor(gout, device=dev), tt, torch.tensor(indices, device=dev),
                                                  torch.tensor(weights, device=dev), update, tm, tv)
         np.testing.assert_array_equal(np.asarray(t), tt.cpu().numpy())
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("kind", ["adam", "adagrad_rowwise", "sgd"])
+def test_fused_backward_update_equals_the_torch_op(jdev, kind):
+    """One call: the backward fused with the update, values and states in
+    place, bitwise the torch op; under jit with a traced step, one trace."""
+    values, indices, weights, gout = _bag_inputs()
+    N, D = values.shape
+    base = memkernels.RowUpdate(kind, lr=0.02, weight_decay=0.05)
+    s1 = np.zeros((N, D) if kind == "adam" else (N,), np.float32) if kind != "sgd" else None
+    s2 = np.zeros((N, D), np.float32) if kind == "adam" else None
+    traces = []
+
+    @partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(v, a, b, i, w, g, t):
+        traces.append(1)
+        return mkj.embedding_bag_backward_update(g, v, i, w, base, a, b, step=t)
+
+    put = lambda a: None if a is None else jax.device_put(a, jdev)  # noqa: E731
+    v, a, b = put(values), put(s1), put(s2)
+    i, w, g = _put(jdev, indices, weights, gout)
+    dev = _torch_device(jdev)
+    tv = torch.tensor(values, device=dev)
+    ta, tb = (None if s is None else torch.tensor(s, device=dev) for s in (s1, s2))
+    for k in (1, 2):
+        v, a, b, gw = step(v, a, b, i, w, g, jnp.int32(k))
+        tgw = memkernels.embedding_bag_backward_update(torch.tensor(gout, device=dev), tv,
+                                                       torch.tensor(indices, device=dev),
+                                                       torch.tensor(weights, device=dev),
+                                                       dataclasses.replace(base, step=k), ta, tb)
+        np.testing.assert_array_equal(np.asarray(v), tv.cpu().numpy())
+        np.testing.assert_array_equal(np.asarray(gw), tgw.cpu().numpy())
+        if ta is not None:
+            np.testing.assert_array_equal(np.asarray(a), ta.cpu().numpy())
     assert len(traces) == 1

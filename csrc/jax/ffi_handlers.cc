@@ -278,6 +278,36 @@ struct UpdateAttrs {
   uint64_t seed;
 };
 
+// The update from its attributes, its state buffers (null when empty) and its
+// run-time step count and learning-rate scale (read by the kernel when given,
+// so one compiled call serves every step).
+ffi::Error decode_update(const char* op, const UpdateAttrs& h, void* state1, void* state2, const ffi::AnyBuffer& step,
+                         const ffi::AnyBuffer& lr_scale, mk_row_update* u) {
+  u->kind = mk_row_optimizer(h.kind);
+  u->lr = h.lr;
+  u->beta1 = h.beta1;
+  u->beta2 = h.beta2;
+  u->eps = h.eps;
+  u->weight_decay = h.weight_decay;
+  u->max_row_norm = h.max_row_norm;
+  u->step = h.step;
+  u->stochastic_rounding = int(h.stochastic_rounding);
+  u->seed = h.seed;
+  u->column_offset = h.column_offset;
+  u->state1 = state1;
+  u->state2 = state2;
+  if (step.element_count()) {
+    if (!int64_out(step, 1)) return fail(op, "step must be one int64");
+    u->step_ptr = static_cast<const int64_t*>(step.untyped_data());
+  }
+  if (lr_scale.element_count()) {
+    if (lr_scale.element_type() != ffi::DataType::F32 || lr_scale.element_count() != 1)
+      return fail(op, "lr_scale must be one float32");
+    u->lr_scale = static_cast<const float*>(lr_scale.untyped_data());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error row_update(mk_device dev, void* stream, ffi::AnyBuffer table, ffi::AnyBuffer rows, ffi::AnyBuffer grads,
                       ffi::AnyBuffer state1, ffi::AnyBuffer state2, ffi::AnyBuffer step, ffi::AnyBuffer lr_scale,
                       const UpdateAttrs& h,
@@ -305,31 +335,48 @@ ffi::Error row_update(mk_device dev, void* stream, ffi::AnyBuffer table, ffi::An
   a.num_updates = U;
   a.rows = static_cast<const int64_t*>(rows.untyped_data());
   a.grads = grads.untyped_data();
-  a.update.kind = mk_row_optimizer(h.kind);
-  a.update.lr = h.lr;
-  a.update.beta1 = h.beta1;
-  a.update.beta2 = h.beta2;
-  a.update.eps = h.eps;
-  a.update.weight_decay = h.weight_decay;
-  a.update.max_row_norm = h.max_row_norm;
-  a.update.step = h.step;
-  a.update.stochastic_rounding = int(h.stochastic_rounding);
-  a.update.seed = h.seed;
-  a.update.column_offset = h.column_offset;
-  a.update.state1 = state1.element_count() ? state1_out->untyped_data() : nullptr;
-  a.update.state2 = state2.element_count() ? state2_out->untyped_data() : nullptr;
-  // Traced step count and learning-rate scale: read by the kernel, so one
-  // compiled call serves every step.
-  if (step.element_count()) {
-    if (!int64_out(step, 1)) return fail(op, "step must be one int64");
-    a.update.step_ptr = static_cast<const int64_t*>(step.untyped_data());
-  }
-  if (lr_scale.element_count()) {
-    if (lr_scale.element_type() != ffi::DataType::F32 || lr_scale.element_count() != 1)
-      return fail(op, "lr_scale must be one float32");
-    a.update.lr_scale = static_cast<const float*>(lr_scale.untyped_data());
-  }
+  if (ffi::Error e = decode_update(op, h, state1.element_count() ? state1_out->untyped_data() : nullptr,
+                                   state2.element_count() ? state2_out->untyped_data() : nullptr, step, lr_scale,
+                                   &a.update);
+      e.failure())
+    return e;
   return check(mk_sparse_row_update(&a, dev, stream), op);
+}
+
+// The backward fused with the update: values and states updated in place
+// (aliased outputs), the weights' gradient returned; no row gradient leaves
+// the core (CPU: rows updated as they are finished; CUDA: the capacity form
+// inside the workspace, then the update kernel).
+template <class Scratch>
+ffi::Error bag_backward_update(mk_device dev, void* stream, Scratch* scratch, ffi::AnyBuffer grad_out,
+                               ffi::AnyBuffer values, ffi::AnyBuffer indices, ffi::AnyBuffer weights,
+                               ffi::AnyBuffer state1, ffi::AnyBuffer state2, ffi::AnyBuffer step,
+                               ffi::AnyBuffer lr_scale, const UpdateAttrs& h, ffi::Result<ffi::AnyBuffer> values_out,
+                               ffi::Result<ffi::AnyBuffer> state1_out, ffi::Result<ffi::AnyBuffer> state2_out,
+                               ffi::Result<ffi::AnyBuffer> grad_weights) {
+  const char* op = "embedding_bag_backward_update";
+  if (values_out->untyped_data() != values.untyped_data() || state1_out->untyped_data() != state1.untyped_data() ||
+      state2_out->untyped_data() != state2.untyped_data())
+    return fail(op, "the outputs must alias the values and the states");
+  BagArgs b;
+  if (ffi::Error e = decode_bag(op, values, indices, weights, &b); e.failure()) return e;
+  if (b.batch != 1 || mat(grad_out).lead != 1) return fail(op, "no batch dimensions (vmap runs it per element)");
+  if (grad_out.element_type() != values.element_type()) return fail(op, "grad_out must have the values' dtype");
+  mk_row_update u{};
+  if (ffi::Error e = decode_update(op, h, state1.element_count() ? state1_out->untyped_data() : nullptr,
+                                   state2.element_count() ? state2_out->untyped_data() : nullptr, step, lr_scale,
+                                   &u);
+      e.failure())
+    return e;
+  mk_embedding_bag_bwd_args a = bwd_args(b, values, indices, weights, grad_out);
+  a.grad_weights = grad_weights->untyped_data();
+  a.update = &u;
+  std::vector<unsigned char> host;
+  void* ws = nullptr;
+  size_t bytes = 0;
+  if (ffi::Error e = bwd_workspace(op, dev, scratch, a, &host, &ws, &bytes); e.failure()) return e;
+  if (ffi::Error e = check(mk_embedding_bag_backward_plan(&a, ws, bytes, dev, stream), op); e.failure()) return e;
+  return check(mk_embedding_bag_backward_reduce(&a, ws, bytes, dev, stream), op);
 }
 
 // ---- pk_topk selection ---------------------------------------------------------------
@@ -405,6 +452,20 @@ ffi::Error row_update_cpu(ffi::AnyBuffer table, ffi::AnyBuffer rows, ffi::AnyBuf
                     s2_out);
 }
 
+ffi::Error bag_backward_update_cpu(ffi::AnyBuffer g, ffi::AnyBuffer v, ffi::AnyBuffer i, ffi::AnyBuffer w,
+                                   ffi::AnyBuffer s1, ffi::AnyBuffer s2, ffi::AnyBuffer step_buf,
+                                   ffi::AnyBuffer lr_scale_buf, int64_t kind, double lr, double beta1, double beta2,
+                                   double eps, double weight_decay, double max_row_norm, int64_t step,
+                                   int64_t stochastic_rounding, uint64_t seed, int64_t column_offset,
+                                   ffi::Result<ffi::AnyBuffer> v_out, ffi::Result<ffi::AnyBuffer> s1_out,
+                                   ffi::Result<ffi::AnyBuffer> s2_out, ffi::Result<ffi::AnyBuffer> gw) {
+  const UpdateAttrs h{kind, step, stochastic_rounding, column_offset, lr, beta1, beta2, eps, weight_decay,
+                      max_row_norm, seed};
+  NoScratch none;
+  return bag_backward_update(MK_CPU, nullptr, &none, g, v, i, w, s1, s2, step_buf, lr_scale_buf, h, v_out, s1_out,
+                             s2_out, gw);
+}
+
 }  // namespace
 
 #define MK_ROW_UPDATE_ATTRS                                                                            \
@@ -426,6 +487,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_sparse_cpu, bag_backward_
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Attr<int64_t>("capacity").Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_update_cpu, bag_backward_update_cpu,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>() MK_ROW_UPDATE_ATTRS
+                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_row_update_cpu, row_update_cpu,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
@@ -471,6 +538,20 @@ ffi::Error row_update_cuda(cudaStream_t stream, ffi::AnyBuffer table, ffi::AnyBu
                     s2_out);
 }
 
+ffi::Error bag_backward_update_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer g,
+                                    ffi::AnyBuffer v, ffi::AnyBuffer i, ffi::AnyBuffer w, ffi::AnyBuffer s1,
+                                    ffi::AnyBuffer s2, ffi::AnyBuffer step_buf, ffi::AnyBuffer lr_scale_buf,
+                                    int64_t kind, double lr, double beta1, double beta2, double eps,
+                                    double weight_decay, double max_row_norm, int64_t step,
+                                    int64_t stochastic_rounding, uint64_t seed, int64_t column_offset,
+                                    ffi::Result<ffi::AnyBuffer> v_out, ffi::Result<ffi::AnyBuffer> s1_out,
+                                    ffi::Result<ffi::AnyBuffer> s2_out, ffi::Result<ffi::AnyBuffer> gw) {
+  const UpdateAttrs h{kind, step, stochastic_rounding, column_offset, lr, beta1, beta2, eps, weight_decay,
+                      max_row_norm, seed};
+  return bag_backward_update(MK_CUDA, stream, &scratch, g, v, i, w, s1, s2, step_buf, lr_scale_buf, h, v_out,
+                             s1_out, s2_out, gw);
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_fwd_cuda, bag_forward_cuda,
@@ -491,6 +572,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_sparse_cuda, bag_backward
                                   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Attr<int64_t>("capacity")
                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_update_cuda, bag_backward_update_cuda,
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  MK_ROW_UPDATE_ATTRS.Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_row_update_cuda, row_update_cuda,
                               ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
