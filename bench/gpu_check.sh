@@ -4,8 +4,8 @@
 #
 #   bash bench/gpu_check.sh OUT_DIR [quick|full|lm]
 #
-# quick (default; about 150 s of command time on an H200, at
-# most about 14 minutes by its step limits):
+# quick (default; about 150 s of command time on an H200 before the shards
+# and JAX steps were added, at most 14 minutes by its step limits):
 #   build the extension for this card's arch only with all cores, and, at the
 #   same time, the torch-free core with CUDA (CMake); the tests marked cuda
 #   (the CPU bodies run in CI); the core's CTest suite; compute-sanitizer
@@ -111,7 +111,7 @@ if [ "$MODE" = full ]; then
 else
   step bench 170 "$PY" -m memkernels.bench --preset paper --no-sweeps --reps 10 --out "$OUT/bench"
 fi
-step shards 60 "$PY" -m memkernels.bench.shards --json "$OUT/shards.json"
-step jax_path 60 "$PY" -m memkernels.bench.jax_path --json "$OUT/jax_path.json"
+step shards 45 "$PY" -m memkernels.bench.shards --json "$OUT/shards.json"
+step jax_path 45 "$PY" -m memkernels.bench.jax_path --json "$OUT/jax_path.json"
 step profile 90 "$PY" bench/profile_kernels.py "$OUT"
 finish
