@@ -117,10 +117,20 @@ class PkTopkArgs(C.Structure):
     ]
 
 
+class PkTopkBwdArgs(C.Structure):
+    _fields_ = [
+        ("num_tokens", C.c_int64), ("num_heads", C.c_int64), ("num_keys", C.c_int64), ("half_dim", C.c_int64),
+        ("k", C.c_int64), ("dtype", C.c_int), ("grad_scores", C.c_void_p), ("query", C.c_void_p),
+        ("keys", C.c_void_p), ("indices", C.c_void_p), ("grad_query", C.c_void_p), ("grad_keys", C.c_void_p),
+        ("num_threads", C.c_int),
+    ]
+
+
 _STRUCTS = {
     b"mk_embedding_bag_fwd_args": EmbeddingBagFwdArgs, b"mk_embedding_bag_bwd_args": EmbeddingBagBwdArgs,
     b"mk_row_update": RowUpdate, b"mk_sparse_row_update_args": SparseRowUpdateArgs,
     b"mk_pk_select_args": PkSelectArgs, b"mk_pk_topk_args": PkTopkArgs,
+    b"mk_pk_topk_bwd_args": PkTopkBwdArgs,
 }
 
 

@@ -56,7 +56,7 @@ def _load():
 _LIB = _load()
 _PLATFORMS = {"cpu": 1, "CUDA": 2}
 _TARGETS = ("embedding_bag_fwd", "embedding_bag_bwd", "embedding_bag_bwd_sparse", "embedding_bag_bwd_update",
-            "row_update", "pk_select")
+            "row_update", "pk_select", "pk_topk_bwd")
 
 
 def platforms() -> Tuple[str, ...]:
@@ -315,20 +315,13 @@ def _pk_fwd(query, keys, k):
 
 
 def _pk_bwd(k, res, cotangents):
+    # The core's backward (the embedding bag over the key table: atomic-free,
+    # deterministic, the torch op's): the slots have no cotangent.
     query, keys, ids = res
-    g = cotangents[0].astype(jnp.float32)  # [T, H, k]; the slots have no cotangent
-    n, half = keys.shape[2], keys.shape[3]
-    i1, i2 = ids // n, ids % n
-    f32 = jnp.float32
-    heads = jnp.arange(keys.shape[0])[None, :, None]
-    k1, k2 = keys[heads, 0, i1].astype(f32), keys[heads, 1, i2].astype(f32)  # [T, H, k, half]
-    grad_query = jnp.concatenate([jnp.einsum("thk,thkd->thd", g, k1), jnp.einsum("thk,thkd->thd", g, k2)], axis=-1)
-    q = query.astype(f32)
-    contrib1 = g[..., None] * q[:, :, None, :half]  # [T, H, k, half]
-    contrib2 = g[..., None] * q[:, :, None, half:]
-    grad_keys = jnp.zeros(keys.shape, f32)
-    grad_keys = grad_keys.at[heads, 0, i1].add(contrib1).at[heads, 1, i2].add(contrib2)
-    return grad_query.astype(query.dtype), grad_keys.astype(keys.dtype)
+    g = cotangents[0].astype(_acc(query.dtype))
+    shapes = (jax.ShapeDtypeStruct(query.shape, query.dtype), jax.ShapeDtypeStruct(keys.shape, keys.dtype))
+    return tuple(jax.ffi.ffi_call("memkernels_pk_topk_bwd", shapes, vmap_method="sequential")(
+        g, query, keys, _to_int64(ids)))
 
 
 pk_topk.defvjp(_pk_fwd, _pk_bwd)

@@ -242,3 +242,27 @@ def test_device_mismatch():
     query, keys = make("cuda", 4, 2, 10, 8)
     with pytest.raises(RuntimeError, match=r"query and keys must be on the same device; query is on cuda:0, keys on cpu"):
         memkernels.pk_topk(query, keys.cpu(), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_is_the_embedding_bag_over_the_key_table(device, dtype):
+    """mk_pk_topk_backward (the core) equals its definition bitwise: the
+    embedding bag over the key table [H * 2 * n, Dk/2], forward for the
+    query, backward for the keys."""
+    T, H, n, Dk, k = 9, 3, 20, 12, 5
+    q = torch.randn(T, H, Dk, device=device, dtype=dtype)
+    keys = torch.randn(H, 2, n, Dk // 2, device=device, dtype=dtype)
+    _, idx = memkernels.pk_topk(q, keys, k)
+    g = torch.randn(T, H, k, device=device, dtype=dtype)
+    gq, gk = torch.ops.memkernels.pk_topk_backward.default(g, q, keys, idx)
+    base = (torch.arange(H, device=device) * 2 * n).view(1, H, 1)
+    rows = torch.stack([idx // n + base, idx % n + base + n], 2).reshape(T * H * 2, k)
+    w = g.unsqueeze(2).expand(T, H, 2, k).reshape(T * H * 2, k).contiguous()
+    table = keys.reshape(H * 2 * n, Dk // 2)
+    want_q = memkernels.embedding_bag(table, rows, w, check_indices=False).view(T, H, Dk)
+    want_k, _ = torch.ops.memkernels.embedding_bag_backward.default(q.reshape(T * H * 2, Dk // 2), table, rows, w)
+    assert torch.equal(gq, want_q)
+    assert torch.equal(gk, want_k.view(keys.shape))
+    # No tokens: zero gradients.
+    gq0, gk0 = torch.ops.memkernels.pk_topk_backward.default(g[:0], q[:0], keys, idx[:0])
+    assert gq0.shape == (0, H, Dk) and bool((gk0 == 0).all())

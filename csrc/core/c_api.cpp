@@ -134,6 +134,73 @@ mk_status backward_layout(const mk_embedding_bag_bwd_args* a, const void* worksp
   return layout_for(*a, device, workspace_bytes, l);
 }
 
+// pk_topk's backward: the embedding bag over the key table [H * 2 * n, half]
+// it runs on, and where its pieces sit in the workspace (the bag's indices,
+// its weights, the bag backward's own workspace).
+struct PkBackward {
+  mk_embedding_bag_fwd_args fwd;
+  mk_embedding_bag_bwd_args bwd;
+  size_t weights_at, bag_at, bag_bytes, total;
+};
+
+mk_status pk_check_bwd_args(const mk_pk_topk_bwd_args* a) {
+  if (!a) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_tokens < 0 || a->num_heads < 0 || a->half_dim < 1) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_keys < 1 || a->num_keys > MK_PK_MAX_KEYS || a->k < 1 || a->k > a->num_keys)
+    return MK_ERR_INVALID_ARGUMENT;
+  if (!is_value_dtype(a->dtype)) return MK_ERR_UNSUPPORTED;
+  if (!a->keys) return MK_ERR_INVALID_ARGUMENT;
+  if (a->num_tokens * a->num_heads > 0 && (!a->grad_scores || !a->query || !a->indices))
+    return MK_ERR_INVALID_ARGUMENT;
+  return MK_OK;
+}
+
+mk_status pk_backward_plan(const mk_pk_topk_bwd_args& a, mk_device device, char* ws, PkBackward* p) {
+  const int64_t bags = a.num_tokens * a.num_heads * 2, pairs = bags * a.k;
+  p->weights_at = align256(size_t(pairs) * sizeof(int64_t));
+  p->bag_at = p->weights_at + align256(size_t(pairs) * acc_size(a.dtype));
+  // Before the workspace exists the bag's pointers are stand-ins the size
+  // query only tests for null.
+  const void* rows = ws ? static_cast<const void*>(ws) : static_cast<const void*>(a.keys);
+  const void* weights = ws ? static_cast<const void*>(ws + p->weights_at) : static_cast<const void*>(a.keys);
+  mk_embedding_bag_fwd_args f{};
+  f.num_rows = a.num_heads * 2 * a.num_keys;
+  f.dim = a.half_dim;
+  f.num_bags = bags;
+  f.bag_size = a.k;
+  f.value_dtype = a.dtype;
+  f.index_dtype = MK_I64;
+  f.values = a.keys;
+  f.values_row_stride = a.half_dim;
+  f.indices = rows;
+  f.weights = weights;
+  f.out = a.grad_query;
+  f.num_threads = a.num_threads;
+  mk_embedding_bag_bwd_args b{};
+  b.num_rows = f.num_rows;
+  b.dim = f.dim;
+  b.num_bags = bags;
+  b.bag_size = a.k;
+  b.value_dtype = a.dtype;
+  b.index_dtype = MK_I64;
+  b.values = a.keys;
+  b.values_row_stride = a.half_dim;
+  b.indices = rows;
+  b.weights = weights;
+  b.grad_out = a.query ? a.query : a.keys;  // the query's halves are the bag's output gradients
+  b.grad_values = a.grad_keys;
+  b.num_threads = a.num_threads;
+  p->fwd = f;
+  p->bwd = b;
+  p->bag_bytes = 0;
+  if (a.grad_keys) {
+    const mk_status st = mk_embedding_bag_backward_workspace_size(&b, device, &p->bag_bytes);
+    if (st != MK_OK) return st;
+  }
+  p->total = p->bag_at + p->bag_bytes;
+  return MK_OK;
+}
+
 }  // namespace
 }  // namespace mk
 
@@ -179,6 +246,7 @@ size_t mk_struct_size(const char* name) {
   if (n == "mk_embedding_bag_fwd_args") return sizeof(mk_embedding_bag_fwd_args);
   if (n == "mk_embedding_bag_bwd_args") return sizeof(mk_embedding_bag_bwd_args);
   if (n == "mk_pk_select_args") return sizeof(mk_pk_select_args);
+  if (n == "mk_pk_topk_bwd_args") return sizeof(mk_pk_topk_bwd_args);
   if (n == "mk_pk_topk_args") return sizeof(mk_pk_topk_args);
   if (n == "mk_row_update") return sizeof(mk_row_update);
   if (n == "mk_sparse_row_update_args") return sizeof(mk_sparse_row_update_args);
@@ -298,6 +366,57 @@ mk_status mk_pk_topk_fused(const mk_pk_topk_args* a, mk_device device, void* str
     (void)device;
     (void)stream;
     return MK_ERR_UNSUPPORTED;
+  });
+}
+
+mk_status mk_pk_topk_backward_workspace_size(const mk_pk_topk_bwd_args* a, mk_device device, size_t* bytes) {
+  return mk::guarded([&]() -> mk_status {
+    mk_status st = mk::pk_check_bwd_args(a);
+    if (st != MK_OK) return st;
+    if (!bytes) return MK_ERR_INVALID_ARGUMENT;
+    mk::PkBackward p;
+    st = mk::pk_backward_plan(*a, device, nullptr, &p);
+    if (st != MK_OK) return st;
+    *bytes = p.total;
+    return MK_OK;
+  });
+}
+
+mk_status mk_pk_topk_backward(const mk_pk_topk_bwd_args* a, void* workspace, size_t workspace_bytes,
+                              mk_device device, void* stream) {
+  return mk::guarded([&]() -> mk_status {
+    mk_status st = mk::pk_check_bwd_args(a);
+    if (st != MK_OK) return st;
+    if (!workspace) return MK_ERR_INVALID_ARGUMENT;
+    char* ws = static_cast<char*>(workspace);
+    mk::PkBackward p;
+    st = mk::pk_backward_plan(*a, device, ws, &p);
+    if (st != MK_OK) return st;
+    if (workspace_bytes < p.total) return MK_ERR_WORKSPACE_TOO_SMALL;
+    if (a->num_tokens * a->num_heads > 0) {
+      int64_t* rows = reinterpret_cast<int64_t*>(ws);
+      if (device == MK_CPU) {
+        st = mk::pk_backward_pairs_cpu(*a, rows, ws + p.weights_at);
+#ifdef MK_WITH_CUDA
+      } else if (device == MK_CUDA) {
+        st = mk::pk_backward_pairs_cuda(*a, rows, ws + p.weights_at, stream);
+#endif
+      } else {
+        return MK_ERR_UNSUPPORTED;
+      }
+      if (st != MK_OK) return st;
+      if (a->grad_query) {
+        st = mk_embedding_bag_forward(&p.fwd, device, stream);
+        if (st != MK_OK) return st;
+      }
+    }
+    if (a->grad_keys) {
+      // With no pairs, the reduce still zeroes the keys' gradient.
+      st = mk_embedding_bag_backward_plan(&p.bwd, ws + p.bag_at, p.bag_bytes, device, stream);
+      if (st != MK_OK) return st;
+      st = mk_embedding_bag_backward_reduce(&p.bwd, ws + p.bag_at, p.bag_bytes, device, stream);
+    }
+    return st;
   });
 }
 

@@ -210,6 +210,27 @@ typedef struct mk_pk_topk_args {
   int64_t* out_indices; /* [T, H, k] */
 } mk_pk_topk_args;
 
+/* Backward of pk_topk through the selected pairs (added in ABI 2). With
+ * i1 = slot / num_keys and i2 = slot % num_keys of each selected slot:
+ *   grad_query[t, h, :half] = sum_i grad_scores[t, h, i] * keys[h, 0, i1]
+ *   grad_query[t, h, half:] = sum_i grad_scores[t, h, i] * keys[h, 1, i2]
+ *   grad_keys[h, 0, i1]    += grad_scores[t, h, i] * query[t, h, :half]   (and the second half alike)
+ * It is the embedding bag over the key table [H * 2 * num_keys, half]: the
+ * query's gradient its forward, the keys' its atomic-free, deterministic
+ * backward. The workspace holds the bag's indices and weights and the
+ * backward's plan (mk_pk_topk_backward_workspace_size). */
+typedef struct mk_pk_topk_bwd_args {
+  int64_t num_tokens, num_heads, num_keys, half_dim, k;
+  mk_dtype dtype;           /* query, keys and the gradients: f32, f16, bf16 or f64 */
+  const void* grad_scores;  /* [T, H, k] contiguous, accumulation type (f64 for f64, else f32) */
+  const void* query;        /* [T, H, 2 * half_dim] contiguous */
+  const void* keys;         /* [H, 2, num_keys, half_dim] contiguous */
+  const int64_t* indices;   /* [T, H, k] slot ids in [0, num_keys^2) */
+  void* grad_query;         /* [T, H, 2 * half_dim] or NULL (not computed) */
+  void* grad_keys;          /* [H, 2, num_keys, half_dim] or NULL (not computed) */
+  int num_threads;          /* CPU threads; 0 uses the OpenMP default */
+} mk_pk_topk_bwd_args;
+
 /* The ABI's version: raised whenever a struct's layout or a function's
  * signature or meaning changes incompatibly. A caller compiled against this
  * header checks mk_abi_version() == MK_ABI_VERSION before its first call. */
@@ -242,6 +263,11 @@ MK_API mk_status mk_embedding_bag_backward_reduce(const mk_embedding_bag_bwd_arg
 MK_API mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, void* stream);
 
 MK_API mk_status mk_pk_topk_fused(const mk_pk_topk_args* args, mk_device device, void* stream);
+
+MK_API mk_status mk_pk_topk_backward_workspace_size(const mk_pk_topk_bwd_args* args, mk_device device,
+                                                    size_t* bytes);
+MK_API mk_status mk_pk_topk_backward(const mk_pk_topk_bwd_args* args, void* workspace,
+                                     size_t workspace_bytes, mk_device device, void* stream);
 
 /* Whether this build's CUDA kernels can run on CUDA device `device` (an
  * ordinal): MK_OK; MK_ERR_UNSUPPORTED when the build holds no kernel image

@@ -412,6 +412,39 @@ ffi::Error pk_select(mk_device dev, void* stream, ffi::AnyBuffer s1, ffi::AnyBuf
   return check(mk_pk_select(&a, dev, stream), op);
 }
 
+// ---- pk_topk backward ------------------------------------------------------------------
+
+template <class Scratch>
+ffi::Error pk_backward(mk_device dev, void* stream, Scratch* scratch, ffi::AnyBuffer grad_scores,
+                       ffi::AnyBuffer query, ffi::AnyBuffer keys, ffi::AnyBuffer slots,
+                       ffi::Result<ffi::AnyBuffer> grad_query, ffi::Result<ffi::AnyBuffer> grad_keys) {
+  const char* op = "pk_topk (backward)";
+  auto q = query.dimensions(), kd = keys.dimensions(), g = grad_scores.dimensions();
+  if (q.size() != 3 || kd.size() != 4 || g.size() != 3) return fail(op, "query [T, H, Dk], keys [H, 2, n, Dk/2]");
+  mk_pk_topk_bwd_args a{};
+  if (!value_dtype(query.element_type(), &a.dtype) || keys.element_type() != query.element_type())
+    return fail(op, "query and keys must be one float dtype");
+  if (grad_scores.element_type() != acc_of(a.dtype)) return fail(op, "grad_scores must be the accumulation dtype");
+  a.num_tokens = q[0];
+  a.num_heads = q[1];
+  a.half_dim = kd[3];
+  a.num_keys = kd[2];
+  a.k = g[2];
+  if (!int64_out(slots, a.num_tokens * a.num_heads * a.k)) return fail(op, "slots must be int64");
+  a.grad_scores = grad_scores.untyped_data();
+  a.query = query.untyped_data();
+  a.keys = keys.untyped_data();
+  a.indices = static_cast<const int64_t*>(slots.untyped_data());
+  a.grad_query = grad_query->untyped_data();
+  a.grad_keys = grad_keys->untyped_data();
+  size_t bytes = 0;
+  if (ffi::Error e = check(mk_pk_topk_backward_workspace_size(&a, dev, &bytes), op); e.failure()) return e;
+  std::vector<unsigned char> host;
+  void* ws = workspace(dev, scratch, &host, bytes);
+  if (ws == nullptr) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "memkernels.jax: no workspace");
+  return check(mk_pk_topk_backward(&a, ws, bytes, dev, stream), op);
+}
+
 // ---- platform bindings ---------------------------------------------------------------
 
 struct NoScratch {
@@ -431,6 +464,12 @@ ffi::Error bag_backward_cpu(ffi::AnyBuffer g, ffi::AnyBuffer v, ffi::AnyBuffer i
 ffi::Error pk_select_cpu(ffi::AnyBuffer s1, ffi::AnyBuffer s2, int64_t k, ffi::Result<ffi::AnyBuffer> scores,
                          ffi::Result<ffi::AnyBuffer> ids) {
   return pk_select(MK_CPU, nullptr, s1, s2, k, scores, ids);
+}
+
+ffi::Error pk_backward_cpu(ffi::AnyBuffer g, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer s,
+                           ffi::Result<ffi::AnyBuffer> gq, ffi::Result<ffi::AnyBuffer> gk) {
+  NoScratch none;
+  return pk_backward(MK_CPU, nullptr, &none, g, q, k, s, gq, gk);
 }
 
 ffi::Error bag_backward_sparse_cpu(ffi::AnyBuffer g, ffi::AnyBuffer v, ffi::AnyBuffer i, ffi::AnyBuffer w,
@@ -483,6 +522,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_cpu, bag_backward_cpu,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_pk_select_cpu, pk_select_cpu,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Attr<int64_t>("k")
                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_pk_topk_bwd_cpu, pk_backward_cpu,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_sparse_cpu, bag_backward_sparse_cpu,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Attr<int64_t>("capacity").Ret<ffi::AnyBuffer>()
@@ -516,6 +558,12 @@ ffi::Error bag_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch,
 ffi::Error pk_select_cuda(cudaStream_t stream, ffi::AnyBuffer s1, ffi::AnyBuffer s2, int64_t k,
                           ffi::Result<ffi::AnyBuffer> scores, ffi::Result<ffi::AnyBuffer> ids) {
   return pk_select(MK_CUDA, stream, s1, s2, k, scores, ids);
+}
+
+ffi::Error pk_backward_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer g, ffi::AnyBuffer q,
+                            ffi::AnyBuffer k, ffi::AnyBuffer s, ffi::Result<ffi::AnyBuffer> gq,
+                            ffi::Result<ffi::AnyBuffer> gk) {
+  return pk_backward(MK_CUDA, stream, &scratch, g, q, k, s, gq, gk);
 }
 
 ffi::Error bag_backward_sparse_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer g,
@@ -565,6 +613,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_cuda, bag_backward_cuda,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_pk_select_cuda, pk_select_cuda,
                               ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Attr<int64_t>("k").Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_pk_topk_bwd_cuda, pk_backward_cuda,
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mk_jax_embedding_bag_bwd_sparse_cuda, bag_backward_sparse_cuda,
                               ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()

@@ -144,8 +144,7 @@ at::Tensor embedding_bag_forward(const at::Tensor& values, const at::Tensor& ind
 std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad_out_in,
                                                           const at::Tensor& values,
                                                           const at::Tensor& indices_in,
-                                                          const at::Tensor& weights, Backend be,
-                                                          bool want_grad_weights) {
+                                                          const at::Tensor& weights, Backend be) {
   at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
   at::Tensor indices = indices_in.contiguous();
   at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);
@@ -154,18 +153,15 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad
   at::Tensor grad_values =
       be.device == MK_CPU ? cpu_empty_pooled({values.size(0), values.size(1)}, values.scalar_type())
                           : at::empty({values.size(0), values.size(1)}, values.options());
-  at::Tensor grad_w;
+  at::Tensor grad_w = at::empty(indices.sizes(), weights_acc.options());
   mk_embedding_bag_bwd_args a = backward_args(grad_out, values, indices, weights_acc);
-  if (want_grad_weights) {
-    grad_w = at::empty(indices.sizes(), weights_acc.options());
-    a.grad_weights = grad_w.data_ptr();
-  }
+  a.grad_weights = grad_w.data_ptr();
   a.grad_values = grad_values.data_ptr();
   at::Tensor ws = plan_backward(a, values, be);
   check_status(mk_embedding_bag_backward_reduce(&a, ws.data_ptr(), size_t(ws.numel()), be.device,
                                                 be.stream),
                kBwd);
-  return {grad_values, want_grad_weights ? grad_w.to(weights.scalar_type()) : grad_w};
+  return {grad_values, grad_w.to(weights.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_bag_backward_sparse(

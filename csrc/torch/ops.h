@@ -27,12 +27,11 @@ struct Backend {
 at::Tensor embedding_bag_forward(const at::Tensor& values, const at::Tensor& indices,
                                  const at::Tensor& weights, bool check_indices, Backend be);
 
-// (grad_values dense [N, D], grad_weights [T, B]; undefined unless wanted)
+// (grad_values dense [N, D], grad_weights [T, B])
 std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad_out,
                                                           const at::Tensor& values,
                                                           const at::Tensor& indices,
-                                                          const at::Tensor& weights, Backend be,
-                                                          bool want_grad_weights = true);
+                                                          const at::Tensor& weights, Backend be);
 
 // (rows int64 [U] ascending, row gradients [U, D] in the values' dtype, or in
 // the accumulation type with acc_grads, grad_weights [T, B]). capacity > 0:

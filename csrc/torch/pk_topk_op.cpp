@@ -4,9 +4,10 @@
 // a library GEMM with fp32 output (fp64 for fp64 inputs); the core's selection
 // kernel does both half top-ks and the k x k candidate top-k.
 //
-// Backward: through the selected pairs only, on the embedding-bag machinery.
-// With the key halves as one table of H * 2 * n_keys rows of Dk/2, each
-// (token, head, half) is a bag of k rows weighted by grad_scores:
+// Backward: the core's mk_pk_topk_backward, through the selected pairs only,
+// on the embedding-bag machinery. With the key halves as one table of
+// H * 2 * n_keys rows of Dk/2, each (token, head, half) is a bag of k rows
+// weighted by grad_scores:
 //   grad_query = embedding-bag forward over key rows,
 //   grad_keys  = embedding-bag backward (atomic-free, deterministic) with the
 //                query halves as grad_out.
@@ -152,25 +153,31 @@ std::tuple<at::Tensor, at::Tensor> pk_topk_backward(const at::Tensor& grad_score
   check_same_device(kBwd, query_in, "query", grad_scores, "grad_scores");
   const at::Tensor query = query_in.contiguous();
   const at::Tensor keys = keys_in.contiguous();
-  if (T == 0 || H == 0 || k == 0) return {at::zeros_like(query), at::zeros_like(keys)};
-
-  // Rows of the key table [H * 2 * n, Dk/2] each (token, head, half) selects.
-  const at::Tensor head_base = at::arange(H, indices.options()).mul(2 * n).view({1, H, 1});
-  const at::Tensor rows = at::stack({at::div(indices, n, "floor") + head_base,
-                                     at::remainder(indices, n) + head_base + n},
-                                    2)
-                              .reshape({T * H * 2, k});
-  const at::Tensor weights = grad_scores.to(acc_dtype(query.scalar_type()))
-                                 .unsqueeze(2)
-                                 .expand({T, H, 2, k})
-                                 .reshape({T * H * 2, k});
-  const at::Tensor table = keys.view({H * 2 * n, half});
-  at::Tensor grad_query =
-      embedding_bag_forward(table, rows, weights, /*check_indices=*/false, be).view({T, H, Dk});
-  at::Tensor grad_keys = std::get<0>(embedding_bag_backward(query.view({T * H * 2, half}), table,
-                                                            rows, weights, be,
-                                                            /*want_grad_weights=*/false))
-                             .view(keys.sizes());
+  if (k == 0) return {at::zeros_like(query), at::zeros_like(keys)};
+  const at::Tensor g = grad_scores.to(acc_dtype(query.scalar_type())).contiguous();
+  const at::Tensor idx = indices.contiguous();
+  at::Tensor grad_query = at::empty_like(query);
+  at::Tensor grad_keys = at::empty_like(keys);
+  // The core's backward: the embedding bag over the key table [H * 2 * n,
+  // Dk/2], its forward for the query, its atomic-free backward for the keys.
+  mk_pk_topk_bwd_args a{};
+  a.num_tokens = T;
+  a.num_heads = H;
+  a.num_keys = n;
+  a.half_dim = half;
+  a.k = k;
+  a.dtype = to_mk_dtype(query.scalar_type());
+  a.grad_scores = g.data_ptr();
+  a.query = query.data_ptr();
+  a.keys = keys.data_ptr();
+  a.indices = idx.data_ptr<int64_t>();
+  a.grad_query = grad_query.data_ptr();
+  a.grad_keys = grad_keys.data_ptr();
+  a.num_threads = at::get_num_threads();
+  size_t bytes = 0;
+  check_status(mk_pk_topk_backward_workspace_size(&a, be.device, &bytes), kBwd);
+  at::Tensor ws = at::empty({int64_t(bytes)}, query.options().dtype(at::kByte));
+  check_status(mk_pk_topk_backward(&a, ws.data_ptr(), bytes, be.device, be.stream), kBwd);
   return {grad_query, grad_keys};
 }
 
