@@ -1,8 +1,9 @@
 """Memory value tables sharded by columns over ``torch.distributed``.
 
 :func:`shard_values` turns every :class:`memkernels.nn.ValuePool` of a model
-into a ``DTensor`` sharded by columns (``Shard(1)``) over a 1-D
-``DeviceMesh``, the memory-parallel group: each of its ``P`` ranks keeps all
+into a ``DTensor`` sharded by columns (``Shard(1)``) over the memory-parallel
+group of a ``DeviceMesh`` (a 1-D mesh, or the second dimension of a 2-D one
+whose first holds replicas of the group): each of its ``P`` ranks keeps all
 ``N`` rows and ``D / P`` columns. Each rank feeds its own tokens; a lookup
 
 1. all-gathers every rank's indices and weights (one collective, int32
