@@ -72,3 +72,23 @@ def test_the_value_pool_trains_in_the_backward():
     assert model.pool.weight.grad is None
     changed = (model.pool.weight.detach() != before).any(dim=1)
     assert 0 < int(changed.sum()) < model.pool.weight.shape[0]  # only the rows read were updated
+
+
+def test_several_seeds_end_with_their_means(tmp_path, capsys):
+    summary = lm.main(["--preset", "tiny", "--steps", "20", "--seed", "3,5", "--models", "dense,memory",
+                       "--device", "cpu", "--out", str(tmp_path)])
+    on_disk = json.loads((tmp_path / "lm_seeds.json").read_text())
+    assert on_disk["seeds"] == [3, 5] and on_disk["preset"] == "tiny"
+    per_seed = [json.loads((tmp_path / f"seed{s}" / "lm.json").read_text()) for s in (3, 5)]
+    for name in ("dense", "memory"):
+        for key in ("acc_train_phrasing", "acc_held_out"):
+            vals = [r["models"][name][key] for r in per_seed]
+            row = on_disk["models"][name][key]
+            assert row["per_seed"] == vals
+            assert row["mean"] == pytest.approx(sum(vals) / 2) and row["min"] == min(vals) and row["max"] == max(vals)
+    wins = sum(r["models"]["memory"]["acc_held_out"] > r["models"]["dense"]["acc_held_out"] for r in per_seed)
+    assert on_disk["memory_wins_held_out"] == {"dense": wins} == summary["memory_wins_held_out"]
+    assert "over 2 seeds (3, 5): mean [min, max]" in capsys.readouterr().out
+    for bad in ("1,1", "x", ""):
+        with pytest.raises(SystemExit):
+            lm.main(["--preset", "tiny", "--seed", bad])
