@@ -193,9 +193,18 @@ class ColumnSharding:
                 "memkernels.distributed: a sharded value pool has no sparse gradient (DTensor does not hold "
                 "sparse local tensors); use the fused row-sparse optimizer (SparseRowOptimizer.fuse / "
                 "fuse_value_updates), which needs no value gradient, or sparse=False for a dense shard gradient")
-        if not isinstance(weight, DTensor) or weight.device_mesh != self.mesh:
-            raise RuntimeError("memkernels.distributed: the pool's weight is not the DTensor shard_values made")
-        return _ShardedBag.apply(weight.to_local(), indices, weights, self, _Lookup(weight, usage))
+        return _sharded_lookup(self, weight, indices, weights, usage)
+
+
+@torch.compiler.disable
+def _sharded_lookup(sh: ColumnSharding, weight: Tensor, indices: Tensor, weights: Tensor,
+                    usage: Optional[Tensor]) -> Tensor:
+    """Runs outside any torch.compile graph (one graph break per lookup): the
+    collectives' sizes come from the host, and the backward must find the
+    real parameter's fused update; the layer's other work is compiled."""
+    if not isinstance(weight, DTensor) or weight.device_mesh != sh.mesh:
+        raise RuntimeError("memkernels.distributed: the pool's weight is not the DTensor shard_values made")
+    return _ShardedBag.apply(weight.to_local(), indices, weights, sh, _Lookup(weight, usage))
 
 
 class _Lookup:

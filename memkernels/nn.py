@@ -243,7 +243,8 @@ class ProductKeyMemory(nn.Module):
         """Turns on the fused path: this layer's backward applies
         ``optimizer`` (a ``memkernels.optim.SparseRowOptimizer`` holding the
         value table) to the touched rows directly, and the table gets no
-        ``.grad``. Eager mode only; see ``memkernels.optim``."""
+        ``.grad``. Under ``torch.compile`` the value lookup runs outside the
+        graph (one graph break); see ``memkernels.optim``."""
         from .optim import SparseRowOptimizer
 
         if not isinstance(optimizer, SparseRowOptimizer):

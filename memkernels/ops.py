@@ -61,7 +61,21 @@ def embedding_bag(
 
     The backward is atomic-free and bitwise deterministic run to run on each
     device (docs/embedding_bag.md).
+
+    Under ``torch.compile``, a table with a backward update
+    (:func:`set_backward_update`, e.g. fused optimizer updates) is looked up
+    outside the compiled graph (one graph break), so that its backward
+    applies the update; any other lookup is traced into the graph.
     """
+    if getattr(values, _UPDATE_MARK, False) and torch.compiler.is_compiling():
+        return _embedding_bag_outside_graph(values, indices, weights, sparse, check_indices)
+    return torch.ops.memkernels.embedding_bag.default(values, indices, weights, sparse, check_indices)
+
+
+@torch.compiler.disable
+def _embedding_bag_outside_graph(values, indices, weights, sparse, check_indices):
+    # Traced, the op's backward would see a fake copy of the table, find no
+    # hook, and return a dense gradient instead of applying the update.
     return torch.ops.memkernels.embedding_bag.default(values, indices, weights, sparse, check_indices)
 
 
@@ -107,17 +121,22 @@ table's gradient itself (for instance with :func:`embedding_bag_backward_update`
 and returns the weights' gradient in the accumulation dtype."""
 
 _BACKWARD_UPDATES: "WeakIdKeyDictionary" = WeakIdKeyDictionary()
+_UPDATE_MARK = "_memkernels_has_backward_update"  # on the table: readable while torch.compile traces
 
 
 def set_backward_update(table: Tensor, hook: Optional[BackwardUpdate]) -> None:
     """Makes every later :func:`embedding_bag` backward of ``table`` call
     ``hook`` instead of producing a gradient for it (``table.grad`` stays
     untouched); ``None`` restores the ordinary backward. The hook is kept
-    while ``table`` lives. Eager mode only."""
+    while ``table`` lives. Under ``torch.compile`` the table's lookups run
+    outside the compiled graph (see :func:`embedding_bag`)."""
     if hook is None:
         _BACKWARD_UPDATES.pop(table, None)
+        if hasattr(table, _UPDATE_MARK):
+            delattr(table, _UPDATE_MARK)
     else:
         _BACKWARD_UPDATES[table] = hook
+        setattr(table, _UPDATE_MARK, True)
 
 
 def backward_update(table: Tensor) -> Optional[BackwardUpdate]:

@@ -194,6 +194,42 @@ def test_fused_updates_over_steps_match_one_process(world, dtype):
     run(_fused_updates, world, dtype)
 
 
+def _compiled(rank, world):
+    """torch.compile of a sharded layer trained by fused updates: the lookup
+    runs outside the graph (one graph break), every rank's tokens uneven, and
+    training matches the single-process eager layer."""
+    import torch._dynamo
+
+    mesh = _mesh(world)
+    ref, layer, opt_ref, opt = _fused_pair(mesh, dict(algorithm="adam", lr=1e-2))
+    for p_ref, p in zip(ref.parameters(), layer.parameters()):
+        p_ref.requires_grad_(True)
+        p.requires_grad_(True)
+    explain = torch._dynamo.explain(layer)(torch.randn(3, DIM))
+    assert explain.graph_break_count == 1, explain.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(layer)
+    for step in range(3):
+        x, target = _tokens(world, step)
+        y_ref = ref(x)
+        (y_ref * target).sum().backward()
+        y = compiled(_mine(rank, world, x))
+        torch.testing.assert_close(y, _mine(rank, world, y_ref), rtol=1e-5, atol=1e-6)
+        (y * _mine(rank, world, target)).sum().backward()
+    assert layer.values.weight.grad is None
+    torch.testing.assert_close(layer.values.weight.full_tensor(), ref.values.weight.detach(), rtol=1e-5, atol=1e-6)
+    grad = layer.keys.grad.clone()
+    dist.all_reduce(grad)
+    torch.testing.assert_close(grad, ref.keys.grad, rtol=1e-4, atol=1e-6)
+    torch._dynamo.reset()
+
+
+def test_torch_compile_of_a_sharded_layer():
+    from dist_harness import run
+
+    run(_compiled, 2)
+
+
 # ---- communication volume ---------------------------------------------------------------------
 
 

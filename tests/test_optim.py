@@ -216,6 +216,53 @@ def test_layer_fused_training_step(device):
         assert torch.equal(p, q), n
 
 
+def test_torch_compile_with_fused_value_updates(device):
+    """A compiled model whose value table trains by fused updates: the lookup
+    runs outside the graph (exactly one graph break per lookup), the update
+    is applied in its backward (the table never gets a gradient) and the
+    training matches eager training of a twin; fullgraph=True is refused."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = dict(n_keys=16, heads=2, knn=4, k_dim=16, device=device)
+    layer, twin = ProductKeyMemory(32, **cfg), ProductKeyMemory(32, **cfg)
+    twin.load_state_dict(layer.state_dict())
+    opts = []
+    for m in (layer, twin):
+        dense, values = param_groups(m, lr=1e-2)
+        opt_values = SparseRowOptimizer(values["params"], "adam", lr=values["lr"])
+        m.fuse_value_updates(opt_values)
+        opts.append((torch.optim.Adam([dense]), opt_values))
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32, device=device), layer)
+    eager = torch.nn.Sequential(torch.nn.Linear(32, 32, device=device), twin)
+    eager[0].load_state_dict(model[0].state_dict())
+    opts[0][0].add_param_group({"params": model[0].parameters()})
+    opts[1][0].add_param_group({"params": eager[0].parameters()})
+    explain = torch._dynamo.explain(model)(torch.randn(4, 32, device=device))
+    assert explain.graph_break_count == 1, explain.break_reasons
+    assert "disable" in str(explain.break_reasons[0].reason)
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    before = layer.values.weight.detach().clone()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(20, 32, generator=g).to(device)
+        for m, (opt_dense, opt_values) in ((compiled, opts[0]), (eager, opts[1])):
+            m(x).square().mean().backward()
+            opt_dense.step()
+            opt_values.step()
+            opt_dense.zero_grad()
+    assert layer.values.weight.grad is None
+    assert not torch.equal(layer.values.weight, before)  # the fused update ran
+    for (n, p), (_, q) in zip(model.named_parameters(), eager.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+    st, st_twin = opts[0][1].state[layer.values.weight], opts[1][1].state[twin.values.weight]
+    torch.testing.assert_close(st["exp_avg_sq"], st_twin["exp_avg_sq"], rtol=1e-3, atol=1e-9)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="disable"):
+        torch.compile(model, fullgraph=True)(torch.randn(4, 32, device=device))
+    torch._dynamo.reset()
+
+
 class _AllocationLog(TorchDispatchMode):
     def __init__(self):
         super().__init__()

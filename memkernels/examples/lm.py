@@ -209,7 +209,7 @@ def answer_accuracy(model: LM, prompts: List[List[int]], answers: List[int], dev
 
 
 def train_model(name: str, model: LM, corpus: BioCorpus, preset: Preset, device, seed: int,
-                context: int, log=print) -> Dict[str, object]:
+                context: int, log=print, compile: bool = False) -> Dict[str, object]:
     groups = param_groups(model, lr=preset.lr, weight_decay=0.01, value_lr=preset.value_lr)
     opt = torch.optim.AdamW([g for g in groups if not g.get("memory_values")], betas=(0.9, 0.98))
     value_opt = None
@@ -234,6 +234,9 @@ def train_model(name: str, model: LM, corpus: BioCorpus, preset: Preset, device,
     if value_opt is not None:
         scheds.append(torch.optim.lr_scheduler.LambdaLR(value_opt, lr_scale))
     flops_per_token = model.flops_per_token(context)
+    # Compiled, the fused value lookups stay outside the graph (docs/optim.md);
+    # evaluation runs eagerly.
+    forward = torch.compile(model, dynamic=True) if compile else model
     g = torch.Generator().manual_seed(seed)
     data = corpus.train
     history: Dict[str, List[float]] = {"step": [], "tokens": [], "train_flops": [], "loss": [],
@@ -244,7 +247,7 @@ def train_model(name: str, model: LM, corpus: BioCorpus, preset: Preset, device,
     for step in range(1, preset.steps + 1):
         pick = torch.randint(0, len(data), (preset.batch,), generator=g).tolist()
         ids = pad_batch([data[i] for i in pick]).to(device)
-        logits = model(ids[:, :-1])
+        logits = forward(ids[:, :-1])
         target = ids[:, 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=corpus.pad)
         opt.zero_grad(set_to_none=True)
@@ -308,7 +311,7 @@ def draw(result: Dict[str, object], path: str) -> Optional[str]:
 
 def run(preset_name: str, device: str = "cpu", seed: int = 0, out: Optional[str] = None,
         steps: Optional[int] = None, models: Sequence[str] = ("dense", "memory", "dense_2x"),
-        log=print) -> Dict[str, object]:
+        log=print, compile: bool = False) -> Dict[str, object]:
     preset = PRESETS[preset_name]
     if steps is not None:
         preset = replace(preset, steps=steps, eval_every=min(preset.eval_every, steps))
@@ -324,7 +327,8 @@ def run(preset_name: str, device: str = "cpu", seed: int = 0, out: Optional[str]
                                                                     "sentences": len(corpus.train),
                                                                     "vocab": len(corpus.vocab)},
                                  "train": {"steps": preset.steps, "batch": preset.batch, "lr": preset.lr,
-                                           "value_lr": preset.value_lr},
+                                           "value_lr": preset.value_lr, "schedule": preset.schedule,
+                                           "compile": compile},
                                  "models": {}}
     for name in models:
         cfg = configs[name]
@@ -332,7 +336,7 @@ def run(preset_name: str, device: str = "cpu", seed: int = 0, out: Optional[str]
         model = LM(len(corpus.vocab), context, cfg).to(dev)
         log(f"training {name}: {model.flops_per_token(context):,} FLOPs/token, "
             f"{sum(p.numel() for p in model.parameters()):,} parameters")
-        r = train_model(name, model, corpus, preset, dev, seed, context, log=log)
+        r = train_model(name, model, corpus, preset, dev, seed, context, log=log, compile=compile)
         r["config"] = asdict(cfg)
         result["models"][name] = r
     base = result["models"].get("dense") or next(iter(result["models"].values()))
@@ -390,6 +394,7 @@ def main(argv: Optional[Sequence[str]] = None):
                    help="a seed, or comma-separated seeds: each trains every model; several end with their means")
     p.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
     p.add_argument("--models", default="dense,memory,dense_2x", help="comma-separated subset of the three models")
+    p.add_argument("--compile", action="store_true", help="train through torch.compile (evaluation stays eager)")
     p.add_argument("--out", default=None, help="folder for lm.json and lm.png (seed<S>/ in it for several seeds, "
                                                "and lm_seeds.json)")
     args = p.parse_args(argv)
@@ -406,11 +411,11 @@ def main(argv: Optional[Sequence[str]] = None):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log = lambda s: print(s, flush=True)  # noqa: E731
     if len(seeds) == 1:
-        return run(args.preset, device, seeds[0], args.out, args.steps, models, log=log)
+        return run(args.preset, device, seeds[0], args.out, args.steps, models, log=log, compile=args.compile)
     results = []
     for seed in seeds:
         out = os.path.join(args.out, f"seed{seed}") if args.out else None
-        results.append(run(args.preset, device, seed, out, args.steps, models, log=log))
+        results.append(run(args.preset, device, seed, out, args.steps, models, log=log, compile=args.compile))
         log("")
     summary = summarize(results, log=log)
     summary.update(preset=args.preset, device=device)
