@@ -8,6 +8,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from memkernels import bench
 
@@ -44,14 +45,16 @@ def test_bench_entry_tiny(tmp_path, capsys):
     impls = {(r["op"], r["impl"], r["part"]) for r in rows}
     assert ("embedding_bag", "memkernels", "forward") in impls
     assert ("embedding_bag", "torch.F.embedding_bag", "forward+backward") in impls
-    assert ("pk_topk", "memkernels", "forward+backward") in impls and ("pk_topk", "composite", "forward") in impls
+    assert ("pk_topk", "memkernels", "forward+backward") in impls and ("pk_topk", "paper_composite", "forward") in impls
+    assert ("pk_topk", "paper_composite_compiled", "forward+backward") in impls
+    assert ("pk_topk", "reference_fp32", "forward") in impls
     for r in rows:
         for key in ("op", "case", "shape", "median_s", "bytes", "GBps", "pct_copy", "flops", "TFLOPs",
                     "pct_floor", "speedup", "times_s"):
             assert key in r
         assert r["median_s"] > 0 and len(r["times_s"]) == 2 and r["bytes"] > 0 and r["flops"] > 0
         if r["impl"] == "memkernels":
-            base = {"embedding_bag": "torch.F.embedding_bag", "pk_topk": "composite", "layer": "reference",
+            base = {"embedding_bag": "torch.F.embedding_bag", "pk_topk": "paper_composite", "layer": "reference",
                     "train_step": "torch_sparse_adam"}[r["op"]]
             assert base in r["speedup"]
     assert result["results"] == rows
@@ -190,3 +193,22 @@ def test_compare_ratios_flags_and_refusals(tmp_path, capsys):
         bench.main(["compare", str(pa), str(pb)])
     assert exit_info.value.code == 2
     assert "refused: the runs' shapes differ: case eb: N 1000 vs 2000" in capsys.readouterr().err
+
+
+def test_paper_style_pk_topk_baseline_selects_what_the_oracle_does():
+    """The speed baseline is the same selection: in fp32 with random inputs
+    (no ties) its scores and slot ids are the oracle's, eager and compiled;
+    in bf16 it keeps the inputs' dtype."""
+    from memkernels import reference
+    from memkernels.bench.baselines import compiled, pk_topk_paper_style
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(37, 3, 16, generator=g, dtype=torch.float64)
+    keys = torch.randn(3, 2, 50, 8, generator=g, dtype=torch.float64)
+    want_s, want_i = reference.pk_topk(q, keys, 7)
+    for fn in (pk_topk_paper_style, compiled(pk_topk_paper_style)):
+        s, i = fn(q, keys, 7)
+        assert torch.equal(i, want_i)
+        torch.testing.assert_close(s, want_s.to(s.dtype))
+    s, i = pk_topk_paper_style(q.to(torch.bfloat16), keys.to(torch.bfloat16), 7)
+    assert s.dtype == torch.bfloat16 and i.dtype == torch.int64 and i.shape == (37, 3, 7)

@@ -71,7 +71,8 @@ def run_sweeps(preset: str, device: torch.device, ceilings, reps: int) -> List[D
                 rows = bench_case(case, device, ceilings, reps,
                                   impls={"memkernels_sparse", "torch.F.embedding_bag_sparse"})
             else:
-                rows = bench_case(case, device, ceilings, reps, parts=("forward",))
+                # The compiled baseline would recompile at every point: eager only.
+                rows = bench_case(case, device, ceilings, reps, parts=("forward",), baselines=("paper_composite",))
             for r in rows:
                 points.append({"op": op, "param": field_name, "value": value, "impl": r.impl, "part": r.part,
                                "shape": r.shape, "median_s": r.median_s, "times_s": r.times_s, "GBps": r.GBps,

@@ -1,5 +1,7 @@
 """Bench of memkernels.pk_topk (staged and, on CUDA with 16-bit inputs, the
-fused kernel) against the PyTorch composite."""
+fused kernel) against the composite as the paper's released layer writes it
+(half-scores in the inputs' dtype) and its torch.compile; the fp32 oracle
+(memkernels.reference.pk_topk) is timed too, without a speedup against it."""
 
 from __future__ import annotations
 
@@ -10,21 +12,30 @@ import torch
 import memkernels
 from memkernels import reference
 
+from .baselines import compiled, pk_topk_paper_style
 from .cases import PKCase, pk_topk_counts
 from .harness import BUDGET_S, Row, add_speedups, make_row, peak_bytes, peak_reset, time_fn
 
 
+# The baselines speedups are taken against (the oracle is not one).
+SPEED_BASELINES = ("paper_composite", "paper_composite_compiled")
+
+
 def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int,
-                  parts=("forward", "forward+backward")) -> List[Row]:
+                  parts=("forward", "forward+backward"),
+                  baselines=SPEED_BASELINES + ("reference_fp32",)) -> List[Row]:
     dtype = getattr(torch, case.dtype)
     g = torch.Generator(device=device).manual_seed(0)
     queries = [torch.randn(case.T, case.H, case.Dk, generator=g, device=device, dtype=dtype) for _ in range(3)]
     keys = torch.randn(case.H, 2, case.n_keys, case.Dk // 2, generator=g, device=device, dtype=dtype)
     grads = [torch.randn(case.T, case.H, case.k, generator=g, device=device) for _ in range(3)]
     elt = keys.element_size()
-    impls = {"memkernels": memkernels.pk_topk, "composite": reference.pk_topk}
+    impls = {"memkernels": memkernels.pk_topk}
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and case.k <= 128:
         impls["memkernels_fused"] = lambda q, kk, k: memkernels.pk_topk(q, kk, k, impl="fused")
+    candidates = {"paper_composite": pk_topk_paper_style, "paper_composite_compiled": compiled(pk_topk_paper_style),
+                  "reference_fp32": reference.pk_topk}
+    impls.update({name: candidates[name] for name in baselines})
     rows: List[Row] = []
     for impl, fn in impls.items():
         for part, backward in (("forward", False), ("forward+backward", True)):
@@ -51,5 +62,6 @@ def bench_pk_topk(case: PKCase, device: torch.device, ceilings, reps: int,
     keys.requires_grad_(False)
     for q in queries:
         q.requires_grad_(False)
-    add_speedups(rows)
+    ours = [i for i in impls if i.startswith("memkernels")]
+    add_speedups(rows, pairs={(o, b) for o in ours for b in SPEED_BASELINES})
     return rows
