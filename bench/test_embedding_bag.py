@@ -1,6 +1,7 @@
 """pytest-benchmark cases for memkernels.embedding_bag against
-torch.nn.functional.embedding_bag (mode="sum", per_sample_weights), forward
-and forward+backward, in the same run:
+torch.nn.functional.embedding_bag (mode="sum", per_sample_weights) and, on a
+GPU with triton, a Triton kernel in the paper's released design
+(memkernels.bench.triton_bag), forward and forward+backward, in the same run:
 
     pytest bench/ --benchmark-group-by=param:case,param:part
 
@@ -37,11 +38,13 @@ def prepared():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("part", ["forward", "forward+backward"])
-@pytest.mark.parametrize("impl", ["memkernels", "torch.F.embedding_bag"])
+@pytest.mark.parametrize("impl", ["memkernels", "torch.F.embedding_bag", "triton_per_bag"])
 def test_embedding_bag(benchmark, prepared, device, case, part, impl):
     if device == "cpu" and CASES[case].N > 100_000:
         pytest.skip("reference shapes are GPU-sized")
     values, impls = prepared(case, device)
+    if impl not in impls:
+        pytest.skip(bench.triton_bag.available(torch.device(device)) or f"{impl} unavailable")
     fn = impls[impl]
     backward = part == "forward+backward"
     calls = iter(range(1 << 30))

@@ -212,3 +212,49 @@ def test_paper_style_pk_topk_baseline_selects_what_the_oracle_does():
         torch.testing.assert_close(s, want_s.to(s.dtype))
     s, i = pk_topk_paper_style(q.to(torch.bfloat16), keys.to(torch.bfloat16), 7)
     assert s.dtype == torch.bfloat16 and i.dtype == torch.int64 and i.shape == (37, 3, 7)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_baseline_computes_the_embedding_bag_and_its_gradients():
+    """The bench's Triton baseline (the paper's released design), run by
+    Triton's interpreter on the CPU: forward, the dense values' gradient
+    (untouched rows zero, a hot row) and the weights' gradient against the
+    reference, for fp32 and bf16 values and weights."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch
+        from memkernels import reference
+        from memkernels.bench import triton_bag
+        assert triton_bag.available(torch.device("cpu")) is None
+        for dtype, wdtype in ((torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                              (torch.float32, torch.bfloat16)):
+            g = torch.Generator().manual_seed(0)
+            N, D, T, B = 40, 24, 7, 5
+            v = torch.randn(N, D, generator=g).to(dtype).requires_grad_()
+            idx = torch.randint(0, N, (T, B), generator=g)
+            idx[:, 0] = 3
+            w = torch.randn(T, B, generator=g).to(wdtype).requires_grad_()
+            go = torch.randn(T, D, generator=g).to(dtype)
+            out = triton_bag.embedding_bag(v, idx, w)
+            gv, gw = torch.autograd.grad(out, (v, w), go)
+            v2, w2 = v.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+            ref = reference.embedding_bag(v2, idx, w2)
+            rgv, rgw = torch.autograd.grad(ref, (v2, w2), go.float())
+            exact = dtype == torch.float32 and wdtype == torch.float32
+            tol = dict(rtol=1e-5, atol=1e-5) if exact else dict(rtol=2e-2, atol=2e-2)
+            assert out.dtype == dtype and gv.dtype == dtype and gw.dtype == wdtype
+            torch.testing.assert_close(out.float(), ref, **tol)
+            torch.testing.assert_close(gv.float(), rgv, **tol)
+            torch.testing.assert_close(gw.float(), rgw, **tol)
+            assert (rgv.abs().sum(1) == 0).any() and torch.equal(gv[rgv.abs().sum(1) == 0].float().abs().sum(), torch.tensor(0.0))
+        print("ok")
+    """)
+    env = dict(__import__("os").environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    from memkernels.bench import triton_bag
+
+    if not torch.cuda.is_available():
+        assert "CUDA" in triton_bag.available(torch.device("cpu"))

@@ -26,7 +26,7 @@ import memkernels
 
 from .cases import PRESETS, SWEEPS, EBCase, LayerCase, PKCase, UpdateCase
 from .embedding_bag import bench_embedding_bag
-from .harness import PROGRESS, Row, measure_ceilings
+from .harness import ERRORS, PROGRESS, Row, measure_ceilings
 from .layer import bench_layer
 from .pk_topk import bench_pk_topk
 from .plots import draw_plots
@@ -40,8 +40,8 @@ RUNNERS: Dict[type, Callable[..., List[Row]]] = {
     UpdateCase: bench_update,
 }
 
-# Cases that raised something other than out-of-memory, in this process.
-ERRORS: List[str] = []
+# Cases (or baselines) that raised something other than out-of-memory, in
+# this process: harness.ERRORS.
 
 
 def bench_case(case, device: torch.device, ceilings, reps: int, **kw) -> List[Row]:

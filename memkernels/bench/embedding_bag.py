@@ -1,5 +1,7 @@
 """Bench of memkernels.embedding_bag against F.embedding_bag (dense and
-sparse gradients) and the pure-PyTorch reference."""
+sparse gradients), a Triton kernel in the design of the paper's released
+ones (``triton_per_bag``, on CUDA when triton is installed) and the
+pure-PyTorch reference."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import torch.nn.functional as F
 import memkernels
 from memkernels import reference
 
+from . import triton_bag
 from .cases import EBCase, embedding_bag_bytes
-from .harness import BUDGET_S, Row, add_speedups, make_row, peak_bytes, peak_reset, time_fn
+from .harness import BUDGET_S, ERRORS, Row, add_speedups, make_row, peak_bytes, peak_reset, time_fn
 
 
 def make_inputs(case: EBCase, device, sets: int):
@@ -71,13 +74,25 @@ def embedding_bag_impls(values, batches, case):
             torch.autograd.grad(out, (v, ww), gout)
         return out
 
-    return {
+    def triton_op(i, backward):
+        idx, w, gout = batches[i % len(batches)]
+        v = values.requires_grad_(backward)
+        ww = w.requires_grad_(backward)
+        out = triton_bag.embedding_bag(v, idx, ww)
+        if backward:
+            torch.autograd.grad(out, (v, ww), gout)
+        return out
+
+    impls = {
         "memkernels": lambda i, bw: ours(i, bw),
         "memkernels_sparse": lambda i, bw: ours(i, bw, sparse=True),
         "torch.F.embedding_bag": torch_op,
         "torch.F.embedding_bag_sparse": lambda i, bw: torch_op(i, bw, sparse=True),
         "reference": ref,
     }
+    if triton_bag.available(values.device) is None:
+        impls["triton_per_bag"] = triton_op
+    return impls
 
 
 def bench_embedding_bag(case: EBCase, device: torch.device, ceilings, reps: int, impls=None) -> List[Row]:
@@ -98,6 +113,13 @@ def bench_embedding_bag(case: EBCase, device: torch.device, ceilings, reps: int,
                 times = time_fn(lambda i: fn(i, backward), device, warmup=2, reps=reps, budget_s=BUDGET_S,
                                 label=f"{case.name} {impl} {part}")
             except torch.OutOfMemoryError:
+                continue
+            except Exception as e:  # noqa: BLE001 - a failing baseline must not hide the case's other rows
+                if impl != "triton_per_bag":
+                    raise
+                msg = f"{case.name} {impl} {part}: {type(e).__name__}: {str(e)[:300]}"
+                print(f"FAILED baseline {msg}")
+                ERRORS.append(msg)
                 continue
             peak = peak_bytes(device, base)
             nbytes = embedding_bag_bytes(case.N, case.D, case.T, case.B, elt, idx_bytes, unique, "forward")

@@ -17,6 +17,10 @@ import torch
 # get fewer calls, never fewer than 3).
 BUDGET_S = 3.0
 
+# Failures of this process's bench run (a case, or one baseline of a case):
+# printed at the end and stored in bench.json; the CLI exits non-zero.
+ERRORS: List[str] = []
+
 
 class Progress:
     """One status line on a terminal: what is being timed (case, impl, part)
