@@ -319,6 +319,10 @@ def backward_update_shard(param: Tensor, grad_cols: Tensor, indices: Tensor, wei
     of squares (one number per touched row; every rank touches the same rows
     in the same order), then update. Returns the weights' partial gradient."""
     sh: ColumnSharding = _sharding_of(param)
+    if update.kind == "adam_rowwise":
+        raise NotImplementedError(
+            "memkernels.distributed: row-wise Adam on a sharded value pool is not supported yet (its per-row "
+            "second moment needs the whole row's gradient inside the update); use adam, adamw or adagrad_rowwise")
     local, s1, s2 = param.to_local(), local_shard(state1), local_shard(state2)
     # Stochastic rounding hashes global columns: the shard rounds as the whole table.
     update = dataclasses.replace(update, column_offset=update.column_offset + sh.rank * local.shape[1])

@@ -186,14 +186,29 @@ def embedding_bag_backward_sparse(grad_out, values, indices, weights, capacity=N
     return _from_int64(rows), grads, gw.astype(weights.dtype), _from_int64(count)[0]
 
 
-_KINDS = {"sgd": 0, "adam": 1, "adagrad_rowwise": 2}
+_KINDS = {"sgd": 0, "adam": 1, "adagrad_rowwise": 2, "adam_rowwise": 3}
 
 
-def _update_operands(op, update, acc, state1, state2, step, lr_scale):
+def _state_shapes(kind, N, D):
+    """The states each update kind needs: (state1's shape, state2's shape), None when unused."""
+    return {"sgd": (None, None), "adam": ((N, D), (N, D)), "adagrad_rowwise": ((N,), None),
+            "adam_rowwise": ((N, D), (N,))}[kind]
+
+
+def _update_operands(op, update, acc, state1, state2, step, lr_scale, table_shape):
     """The update's operands (states, empty when absent; the run-time step
-    and learning-rate scale, empty when absent) and its static attributes."""
+    and learning-rate scale, empty when absent) and its static attributes.
+    The states are checked here: the core cannot see their sizes."""
     if update.kind not in _KINDS:
         raise ValueError(f"memkernels.jax.{op}: unknown update kind {update.kind!r}")
+    for name, st, shape in zip(("state1", "state2"), (state1, state2), _state_shapes(update.kind, *table_shape)):
+        if shape is None:
+            continue
+        if st is None:
+            raise ValueError(f"memkernels.jax.{op}: {update.kind} needs {name} of shape {shape}")
+        if tuple(st.shape) != shape or st.dtype != acc:
+            raise ValueError(f"memkernels.jax.{op}: {name} must be {jnp.dtype(acc).name} of shape {shape} for "
+                             f"{update.kind}; got {st.dtype} of shape {tuple(st.shape)}")
     none = jnp.zeros((0,), acc)
     s1 = none if state1 is None else state1
     s2 = none if state2 is None else state2
@@ -209,7 +224,7 @@ def _update_operands(op, update, acc, state1, state2, step, lr_scale):
 
 def sparse_row_update(table, rows, grads, update, state1=None, state2=None, *, step=None, lr_scale=None):
     """Applies a :class:`memkernels.RowUpdate` to the given rows of ``table``
-    (the core's row-sparse SGD, Adam/AdamW or row-wise Adagrad), returning
+    (the core's row-sparse SGD, Adam/AdamW, row-wise Adagrad or row-wise Adam), returning
     ``(table, state1, state2)`` updated. The outputs alias the inputs: under
     ``jax.jit`` with the table and states donated (``donate_argnums``) the
     update happens in place; otherwise XLA copies them first.
@@ -224,7 +239,7 @@ def sparse_row_update(table, rows, grads, update, state1=None, state2=None, *, s
     """
     acc = _acc(table.dtype)
     s1, s2, step_arg, scale_arg, attrs = _update_operands("sparse_row_update", update, acc, state1, state2, step,
-                                                          lr_scale)
+                                                          lr_scale, table.shape)
     shapes = (jax.ShapeDtypeStruct(table.shape, table.dtype), jax.ShapeDtypeStruct(s1.shape, s1.dtype),
               jax.ShapeDtypeStruct(s2.shape, s2.dtype))
     t, n1, n2 = jax.ffi.ffi_call("memkernels_row_update", shapes, input_output_aliases={0: 0, 3: 1, 4: 2},
@@ -246,7 +261,7 @@ def embedding_bag_backward_update(grad_out, values, indices, weights, update, st
     _check_bag(values, indices, weights)
     acc = _acc(values.dtype)
     s1, s2, step_arg, scale_arg, attrs = _update_operands("embedding_bag_backward_update", update, acc, state1,
-                                                          state2, step, lr_scale)
+                                                          state2, step, lr_scale, values.shape)
     shapes = (jax.ShapeDtypeStruct(values.shape, values.dtype), jax.ShapeDtypeStruct(s1.shape, s1.dtype),
               jax.ShapeDtypeStruct(s2.shape, s2.dtype), jax.ShapeDtypeStruct(indices.shape, acc))
     v, n1, n2, gw = jax.ffi.ffi_call("memkernels_embedding_bag_bwd_update", shapes,

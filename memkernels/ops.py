@@ -201,7 +201,9 @@ class RowUpdate:
 
     kind: ``"sgd"``, ``"adam"`` (``torch.optim.SparseAdam`` semantics on the
     touched rows; with ``weight_decay``, AdamW's decoupled decay on those rows)
-    or ``"adagrad_rowwise"`` (one accumulator per row). ``step`` counts updates
+    or ``"adagrad_rowwise"`` (one accumulator per row) or ``"adam_rowwise"``
+    (Adam with one second moment per row: ``v += (1 - beta2) * (mean(g**2) -
+    v)``, state2 ``[N]``). ``step`` counts updates
     including this one (Adam's bias correction). ``max_row_norm > 0`` clips
     each row's gradient to that L2 norm first. ``stochastic_rounding`` rounds
     new bfloat16 values stochastically with bits hashed from

@@ -53,11 +53,12 @@ def _state_like(p: Tensor, shape, dtype: torch.dtype) -> Tensor:
     return torch.zeros(shape, dtype=dtype, device=p.device)
 
 
-_ALGORITHMS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "adagrad_rowwise": "adagrad_rowwise"}
+_ALGORITHMS = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "adagrad_rowwise": "adagrad_rowwise",
+               "adam_rowwise": "adam_rowwise"}
 
 
 class SparseRowOptimizer(torch.optim.Optimizer):
-    """Row-sparse SGD, Adam/AdamW or row-wise Adagrad for value tables.
+    """Row-sparse SGD, Adam/AdamW, row-wise Adagrad or row-wise Adam for value tables.
 
     Args:
         params: value tables (``[N, D]`` float32, bfloat16, float16 or float64
@@ -66,7 +67,11 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             semantics on the touched rows, with a global step count for bias
             correction, plus ``weight_decay`` decoupled as in AdamW and applied
             only to touched rows); ``"adagrad_rowwise"`` (one accumulator per
-            row: ``G += mean(g**2)``, ``w -= lr * g / (sqrt(G) + eps)``).
+            row: ``G += mean(g**2)``, ``w -= lr * g / (sqrt(G) + eps)``);
+            ``"adam_rowwise"`` (Adam/AdamW with one second moment per row,
+            ``v += (1 - beta2) * (mean(g**2) - v)``, and ``exp_avg`` per
+            element: about 40 % fewer state bytes per touched row of a bf16
+            table than Adam).
         lr, betas, eps, weight_decay: as in PyTorch's optimizers.
         max_row_norm: if > 0, each touched row's gradient is scaled to an L2
             norm of at most this value before the update (row-wise clipping).
@@ -76,8 +81,9 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         seed: the stochastic-rounding seed.
 
     Optimizer state is fp32 (fp64 for fp64 tables): ``exp_avg`` and
-    ``exp_avg_sq`` ``[N, D]`` for Adam, ``sum`` ``[N]`` for row-wise Adagrad,
-    allocated on the first step. ``state_dict``/``load_state_dict``, param
+    ``exp_avg_sq`` ``[N, D]`` for Adam, ``exp_avg`` ``[N, D]`` and
+    ``exp_avg_sq`` ``[N]`` for row-wise Adam, ``sum`` ``[N]`` for row-wise
+    Adagrad, allocated on the first step. ``state_dict``/``load_state_dict``, param
     groups and learning-rate schedulers work as for any ``torch.optim``
     optimizer.
     """
@@ -121,6 +127,9 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             if kind == "adam":
                 state["exp_avg"] = _state_like(p, p.shape, acc)
                 state["exp_avg_sq"] = _state_like(p, p.shape, acc)
+            elif kind == "adam_rowwise":
+                state["exp_avg"] = _state_like(p, p.shape, acc)
+                state["exp_avg_sq"] = _state_like(p, (p.shape[0],), acc)
             elif kind == "adagrad_rowwise":
                 state["sum"] = _state_like(p, (p.shape[0],), acc)
         return state

@@ -50,10 +50,13 @@ def sparse_row_step(table, rows, grads, state, algorithm, lr, betas, eps, weight
         table: ``[N, D]``; a float64 copy is returned with ``rows`` updated.
         rows: ``[U]`` distinct row ids; grads: ``[U, D]`` their gradients.
         state: a dict updated in place: ``"step"`` (the steps so far), and
-            ``"m"``, ``"v"`` ``[N, D]`` (``"adamw"``) or ``"sum"`` ``[N]``
+            ``"m"``, ``"v"`` ``[N, D]`` (``"adamw"``), ``"m"`` ``[N, D]`` and
+            ``"v"`` ``[N]`` (``"adam_rowwise"``) or ``"sum"`` ``[N]``
             (``"adagrad_rowwise"``), float64.
         algorithm: ``"adamw"`` (SparseAdam semantics with decoupled weight
-            decay on the touched rows) or ``"adagrad_rowwise"``.
+            decay on the touched rows), ``"adam_rowwise"`` (the same with one
+            second moment per row, the mean of the row's squared gradient) or
+            ``"adagrad_rowwise"``.
         max_row_norm: if > 0, each row's gradient is first scaled to at most
             this L2 norm.
     """
@@ -70,11 +73,18 @@ def sparse_row_step(table, rows, grads, state, algorithm, lr, betas, eps, weight
         v[rows] += (1 - betas[1]) * (g * g - v[rows])
         step_size = lr * math.sqrt(1 - betas[1] ** state["step"]) / (1 - betas[0] ** state["step"])
         w = w - step_size * m[rows] / (v[rows].sqrt() + eps)
+    elif algorithm == "adam_rowwise":
+        m, v = state["m"], state["v"]
+        m[rows] += (1 - betas[0]) * (g - m[rows])
+        v[rows] += (1 - betas[1]) * ((g * g).mean(dim=1) - v[rows])
+        step_size = lr * math.sqrt(1 - betas[1] ** state["step"]) / (1 - betas[0] ** state["step"])
+        w = w - step_size * m[rows] / (v[rows].sqrt() + eps).unsqueeze(1)
     elif algorithm == "adagrad_rowwise":
         s = state["sum"]
         s[rows] += (g * g).mean(dim=1)
         w = w - lr * g / (s[rows].sqrt() + eps).unsqueeze(1)
     else:
-        raise ValueError(f"sparse_row_step: algorithm must be 'adamw' or 'adagrad_rowwise'; got {algorithm!r}")
+        raise ValueError(f"sparse_row_step: algorithm must be 'adamw', 'adam_rowwise' or 'adagrad_rowwise'; got "
+                         f"{algorithm!r}")
     t[rows] = w
     return t

@@ -359,6 +359,10 @@ def _bad_configs(rank, world):
     sparse = mkd.shard_values(_layer(sparse=True), mesh)
     with pytest.raises(NotImplementedError, match="no sparse gradient"):
         sparse(torch.randn(2, DIM))
+    rowwise_adam = mkd.shard_values(_layer(), mesh)
+    rowwise_adam.fuse_value_updates(SparseRowOptimizer([rowwise_adam.values.weight], "adam_rowwise"))
+    with pytest.raises(NotImplementedError, match="row-wise Adam on a sharded value pool"):
+        rowwise_adam(torch.randn(2, DIM)).sum().backward()
 
 
 def test_bad_configurations_raise_clear_errors():

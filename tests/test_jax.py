@@ -220,7 +220,7 @@ def test_sparse_backward_capacity_form_equals_the_torch_op(jdev):
     np.testing.assert_array_equal(np.asarray(gw), tgw.cpu().numpy())
 
 
-@pytest.mark.parametrize("kind", ["sgd", "adam", "adagrad_rowwise"])
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adagrad_rowwise", "adam_rowwise"])
 def test_row_update_equals_the_torch_op_and_skips_padding(jdev, kind):
     rng = np.random.default_rng(5)
     N, D = 40, 6
@@ -228,8 +228,8 @@ def test_row_update_equals_the_torch_op_and_skips_padding(jdev, kind):
     rows = np.array([3, 7, 21, -1, -1], dtype=np.int32)
     grads = rng.standard_normal((5, D)).astype(np.float32)
     update = memkernels.RowUpdate(kind, lr=0.05, weight_decay=0.01, step=2)
-    s1 = np.zeros((N, D) if kind == "adam" else (N,), np.float32) if kind != "sgd" else None
-    s2 = np.zeros((N, D), np.float32) if kind == "adam" else None
+    s1 = np.zeros((N, D) if kind in ("adam", "adam_rowwise") else (N,), np.float32) if kind != "sgd" else None
+    s2 = {"adam": np.zeros((N, D), np.float32), "adam_rowwise": np.zeros((N,), np.float32)}.get(kind)
     dev = _torch_device(jdev)
     tt = torch.tensor(table, device=dev)
     ts = [None if s is None else torch.tensor(s, device=dev) for s in (s1, s2)]
@@ -297,15 +297,15 @@ def test_adam_steps_under_jit_compile_once(jdev):
     assert len(traces) == 1
 
 
-@pytest.mark.parametrize("kind", ["adam", "adagrad_rowwise", "sgd"])
+@pytest.mark.parametrize("kind", ["adam", "adagrad_rowwise", "sgd", "adam_rowwise"])
 def test_fused_backward_update_equals_the_torch_op(jdev, kind):
     """One call: the backward fused with the update, values and states in
     place, bitwise the torch op; under jit with a traced step, one trace."""
     values, indices, weights, gout = _bag_inputs()
     N, D = values.shape
     base = memkernels.RowUpdate(kind, lr=0.02, weight_decay=0.05)
-    s1 = np.zeros((N, D) if kind == "adam" else (N,), np.float32) if kind != "sgd" else None
-    s2 = np.zeros((N, D), np.float32) if kind == "adam" else None
+    s1 = np.zeros((N, D) if kind in ("adam", "adam_rowwise") else (N,), np.float32) if kind != "sgd" else None
+    s2 = {"adam": np.zeros((N, D), np.float32), "adam_rowwise": np.zeros((N,), np.float32)}.get(kind)
     traces = []
 
     @partial(jax.jit, donate_argnums=(0, 1, 2))
@@ -330,3 +330,18 @@ def test_fused_backward_update_equals_the_torch_op(jdev, kind):
         if ta is not None:
             np.testing.assert_array_equal(np.asarray(a), ta.cpu().numpy())
     assert len(traces) == 1
+
+
+def test_update_states_are_checked_before_the_kernel_runs(jdev):
+    """The core cannot see the states' sizes: a missing or mis-shaped state
+    is refused in Python, naming it, for every kind."""
+    table = jax.device_put(np.zeros((10, 4), np.float32), jdev)
+    rows = jax.device_put(np.array([1, 2], np.int32), jdev)
+    grads = jax.device_put(np.ones((2, 4), np.float32), jdev)
+    full, per_row = np.zeros((10, 4), np.float32), np.zeros((10,), np.float32)
+    for kind, s1, s2, msg in (("adam", full, None, "state2"), ("adam", per_row, full, "state1"),
+                              ("adam_rowwise", full, full, r"state2 must be float32 of shape \(10,\)"),
+                              ("adagrad_rowwise", None, None, "state1"),
+                              ("adam_rowwise", full.astype(np.float16), per_row, "state1")):
+        with pytest.raises(ValueError, match=msg):
+            mkj.sparse_row_update(table, rows, grads, memkernels.RowUpdate(kind, lr=0.1), s1, s2)

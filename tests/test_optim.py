@@ -58,14 +58,15 @@ def test_adam_matches_sparse_adam(device):
     torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
 
 
-@pytest.mark.parametrize("algorithm", ["adamw", "adagrad_rowwise"])
+@pytest.mark.parametrize("algorithm", ["adamw", "adagrad_rowwise", "adam_rowwise"])
 @pytest.mark.parametrize("max_row_norm", [0.0, 0.5])
 def test_against_written_reference(device, algorithm, max_row_norm):
     table = fresh(device)
     opt = SparseRowOptimizer([table], algorithm, lr=0.05, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1,
                              max_row_norm=max_row_norm)
     ref = table.detach().double().cpu()
-    state = {"step": 0, "m": torch.zeros(N, D, dtype=torch.float64), "v": torch.zeros(N, D, dtype=torch.float64),
+    v_shape = (N,) if algorithm == "adam_rowwise" else (N, D)
+    state = {"step": 0, "m": torch.zeros(N, D, dtype=torch.float64), "v": torch.zeros(v_shape, dtype=torch.float64),
              "sum": torch.zeros(N, dtype=torch.float64)}
     for idx, w, target in batches(device, steps=5):
         out = memkernels.embedding_bag(table, idx, w, sparse=True)
@@ -76,9 +77,13 @@ def test_against_written_reference(device, algorithm, max_row_norm):
         opt.step()
         opt.zero_grad()
         torch.testing.assert_close(table.detach().double().cpu(), ref, atol=1e-5, rtol=1e-5)
+    if algorithm == "adam_rowwise":  # one second moment per row
+        st = opt.state[table]
+        assert st["exp_avg"].shape == (N, D) and st["exp_avg_sq"].shape == (N,)
+        torch.testing.assert_close(st["exp_avg_sq"].double().cpu(), state["v"], atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ["sgd", "adam", "adagrad_rowwise"])
+@pytest.mark.parametrize("algorithm", ["sgd", "adam", "adagrad_rowwise", "adam_rowwise"])
 def test_untouched_rows_and_state_unchanged(device, algorithm):
     table = fresh(device)
     before = table.detach().clone()
@@ -172,11 +177,12 @@ def test_bf16_stochastic_rounding_is_unbiased_and_seeded(device):
 # ---- the fused path --------------------------------------------------------------------
 
 
-def test_fused_backward_equals_unfused(device):
+@pytest.mark.parametrize("algorithm", ["adam", "adam_rowwise"])
+def test_fused_backward_equals_unfused(device, algorithm):
     data = batches(device, steps=5)
     a, b = fresh(device), fresh(device)
-    opt_a = SparseRowOptimizer([a], "adam", lr=0.05, weight_decay=0.01)
-    opt_b = SparseRowOptimizer([b], "adam", lr=0.05, weight_decay=0.01)
+    opt_a = SparseRowOptimizer([a], algorithm, lr=0.05, weight_decay=0.01)
+    opt_b = SparseRowOptimizer([b], algorithm, lr=0.05, weight_decay=0.01)
     opt_a.fuse(a)
     for idx, w, target in data:
         wa, wb = w.clone().requires_grad_(), w.clone().requires_grad_()
@@ -313,7 +319,7 @@ def test_opcheck_update_ops(device):
                           (gout, table, idx, w, m, v, "adam", hyper, 1, False, 0))
 
 
-@pytest.mark.parametrize("kind", ["adam", "adagrad_rowwise", "sgd"])
+@pytest.mark.parametrize("kind", ["adam", "adagrad_rowwise", "sgd", "adam_rowwise"])
 def test_fused_backward_update_bf16_stochastic_rounding(device, kind):
     """On a bf16 table the fused op applies the fp32 row gradients (more precise
     than the bf16 sparse gradient autograd would carry): it equals the sparse
@@ -326,6 +332,9 @@ def test_fused_backward_update_bf16_stochastic_rounding(device, kind):
     if kind == "adagrad_rowwise":
         sa = [torch.zeros(N, device=device), None]
         sb = [torch.zeros(N, device=device), None]
+    if kind == "adam_rowwise":
+        sa = [torch.zeros(N, D, device=device), torch.zeros(N, device=device)]
+        sb = [torch.zeros(N, D, device=device), torch.zeros(N, device=device)]
     if kind == "sgd":
         sa = sb = [None, None]
     hyper = [0.05, 0.9, 0.99, 1e-6, 0.01, 1.0]

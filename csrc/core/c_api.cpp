@@ -79,10 +79,12 @@ mk_status row_update_check_args(const mk_sparse_row_update_args* a) {
     return MK_ERR_INVALID_ARGUMENT;
   if (!is_value_dtype(a->value_dtype)) return MK_ERR_UNSUPPORTED;
   const mk_row_update& u = a->update;
-  if (u.kind != MK_OPT_SGD && u.kind != MK_OPT_ADAM && u.kind != MK_OPT_ADAGRAD_ROWWISE)
+  if (u.kind != MK_OPT_SGD && u.kind != MK_OPT_ADAM && u.kind != MK_OPT_ADAGRAD_ROWWISE &&
+      u.kind != MK_OPT_ADAM_ROWWISE)
     return MK_ERR_INVALID_ARGUMENT;
   if (a->num_updates > 0 && (!a->table || !a->rows || !a->grads)) return MK_ERR_INVALID_ARGUMENT;
-  if (u.kind == MK_OPT_ADAM && (!u.state1 || !u.state2 || (!u.step_ptr && u.step < 1)))
+  if ((u.kind == MK_OPT_ADAM || u.kind == MK_OPT_ADAM_ROWWISE) &&
+      (!u.state1 || !u.state2 || (!u.step_ptr && u.step < 1)))
     return MK_ERR_INVALID_ARGUMENT;
   if (u.kind == MK_OPT_ADAGRAD_ROWWISE && !u.state1) return MK_ERR_INVALID_ARGUMENT;
   return MK_OK;

@@ -127,6 +127,10 @@ typedef struct mk_embedding_bag_bwd_args {
  *               w -= lr * sqrt(1 - beta2^step) / (1 - beta1^step) * m / (sqrt(v) + eps)
  *   ADAGRAD_ROWWISE: one accumulator per row:
  *               G += mean(g*g);  w -= lr * g / (sqrt(G) + eps)
+ *   ADAM_ROWWISE: Adam with one second moment per row (a float per
+ *             row instead of one per element):
+ *               m += (1 - beta1) * (g - m);  v_row += (1 - beta2) * (mean(g*g) - v_row)
+ *               w -= lr * sqrt(1 - beta2^step) / (1 - beta1^step) * m / (sqrt(v_row) + eps)
  * weight_decay is decoupled and applied to touched rows only, before the
  * update: w -= lr * weight_decay * w (AdamW for ADAM). max_row_norm > 0 scales
  * each row's gradient to an L2 norm of at most max_row_norm first.
@@ -135,17 +139,18 @@ typedef struct mk_embedding_bag_bwd_args {
 typedef enum mk_row_optimizer {
   MK_OPT_SGD = 0,
   MK_OPT_ADAM = 1,
-  MK_OPT_ADAGRAD_ROWWISE = 2
+  MK_OPT_ADAGRAD_ROWWISE = 2,
+  MK_OPT_ADAM_ROWWISE = 3 /* added 2026-11-28 (ABI 2); earlier libraries return MK_ERR_INVALID_ARGUMENT */
 } mk_row_optimizer;
 
 typedef struct mk_row_update {
   mk_row_optimizer kind;
   double lr, beta1, beta2, eps, weight_decay, max_row_norm;
-  int64_t step;            /* ADAM: the step count including this update, >= 1 */
+  int64_t step;            /* ADAM, ADAM_ROWWISE: the step count including this update, >= 1 */
   int stochastic_rounding; /* f16/bf16 tables: round each new value stochastically */
   uint64_t seed;
-  void* state1; /* ADAM: exp_avg [N, D]; ADAGRAD_ROWWISE: [N]; SGD: unused */
-  void* state2; /* ADAM: exp_avg_sq [N, D] */
+  void* state1; /* ADAM, ADAM_ROWWISE: exp_avg [N, D]; ADAGRAD_ROWWISE: [N]; SGD: unused */
+  void* state2; /* ADAM: exp_avg_sq [N, D]; ADAM_ROWWISE: exp_avg_sq [N] */
   /* Added in ABI 2: the table's first column within a wider table it is a
    * column shard of (0 otherwise). Stochastic rounding hashes column
    * column_offset + d, so a column-sharded table rounds as the whole one. */

@@ -27,10 +27,16 @@ void update_row_cpu(const RowUpdateConsts& c, const mk_row_update& u, V* w, cons
     for (int64_t d = 0; d < D; ++d) sq += (scale * g[d]) * (scale * g[d]);
     s1[r] += sq / A(D);
     denom = std::sqrt(s1[r]) + A(u.eps);
+  } else if (u.kind == MK_OPT_ADAM_ROWWISE) {
+    A sq = A(0);
+    for (int64_t d = 0; d < D; ++d) sq += (scale * g[d]) * (scale * g[d]);
+    s2[r] += A(1.0 - u.beta2) * (sq / A(D) - s2[r]);
+    denom = std::sqrt(s2[r]) + A(u.eps);
   }
+  const bool per_element_m = u.kind == MK_OPT_ADAM || u.kind == MK_OPT_ADAM_ROWWISE;
   A dummy_m = A(0), dummy_v = A(0);
   for (int64_t d = 0; d < D; ++d) {
-    A* m = u.kind == MK_OPT_ADAM ? s1 + r * D + d : &dummy_m;
+    A* m = per_element_m ? s1 + r * D + d : &dummy_m;
     A* v = u.kind == MK_OPT_ADAM ? s2 + r * D + d : &dummy_v;
     const A nw = row_update_element(c, to_acc(w[d]), scale * g[d], m, v, denom);
     store_updated<V>(w + d, nw, u, r, d);

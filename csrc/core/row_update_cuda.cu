@@ -44,19 +44,25 @@ __global__ void row_update_kernel(mk_sparse_row_update_args a, RowUpdateConsts c
       __syncwarp();
       if (lane == 0) s1[r] = acc;
       denom = ru_sqrt(acc) + A(u.eps);
+    } else if (u.kind == MK_OPT_ADAM_ROWWISE) {
+      A sq = A(0);
+      for (int64_t d = lane; d < D; d += 32) sq += (scale * g[d]) * (scale * g[d]);
+      const A old = s2[r];
+      const A vr = old + A(1.0 - u.beta2) * (warp_sum(sq) / A(D) - old);
+      __syncwarp();
+      if (lane == 0) s2[r] = vr;
+      denom = ru_sqrt(vr) + A(u.eps);
     }
+    const bool full_adam = u.kind == MK_OPT_ADAM;
+    const bool has_m = full_adam || u.kind == MK_OPT_ADAM_ROWWISE;
     V* w = table + r * a.table_row_stride;
     for (int64_t d = lane; d < D; d += 32) {
       A m = A(0), v = A(0);
-      if (u.kind == MK_OPT_ADAM) {
-        m = s1[r * D + d];
-        v = s2[r * D + d];
-      }
+      if (has_m) m = s1[r * D + d];
+      if (full_adam) v = s2[r * D + d];
       const A nw = row_update_element(c, to_acc(w[d]), scale * g[d], &m, &v, denom);
-      if (u.kind == MK_OPT_ADAM) {
-        s1[r * D + d] = m;
-        s2[r * D + d] = v;
-      }
+      if (has_m) s1[r * D + d] = m;
+      if (full_adam) s2[r * D + d] = v;
       store_updated<V>(w + d, nw, u, r, d);
     }
   }

@@ -1,8 +1,8 @@
 // Internal side of the row-sparse optimizer updates (mk_sparse_row_update,
 // memkernels.h): the update rules, written once for host and device, and the
 // entry points. The rules work per element for SGD and Adam, with the per-row
-// factors (gradient scale from max_row_norm, Adagrad's row accumulator)
-// computed by the caller. Stochastic rounding hashes (seed, step, row, column).
+// factors (gradient scale from max_row_norm, Adagrad's row accumulator,
+// row-wise Adam's second moment) computed by the caller. Stochastic rounding hashes (seed, step, row, column).
 #pragma once
 
 #include <math.h>
@@ -46,7 +46,7 @@ MK_HD RowUpdateConsts row_update_consts(const mk_row_update& u) {
   c.eps = u.eps;
   c.decay = 1.0 - u.lr * u.weight_decay;
   c.step_size = u.lr;
-  if (u.kind == MK_OPT_ADAM) {
+  if (u.kind == MK_OPT_ADAM || u.kind == MK_OPT_ADAM_ROWWISE) {
     const double bc1 = 1.0 - pow(u.beta1, double(u.step));
     const double bc2 = 1.0 - pow(u.beta2, double(u.step));
     c.step_size = u.lr * sqrt(bc2) / bc1;
@@ -71,7 +71,8 @@ MK_HD uint32_t sr_bits(uint64_t seed, int64_t step, int64_t row, int64_t col) {
 
 // New value of one element. w is the old value (in the accumulation type),
 // g the (scaled) gradient, m and v the Adam moments (updated in place);
-// row_denom is Adagrad's sqrt(G) + eps for the row.
+// row_denom is sqrt(G) + eps for the row (Adagrad's accumulator, or row-wise
+// Adam's second moment, already updated).
 template <class A>
 MK_HD A row_update_element(const RowUpdateConsts& c, A w, A g, A* m, A* v, A row_denom) {
   w = A(c.decay) * w;
@@ -82,6 +83,11 @@ MK_HD A row_update_element(const RowUpdateConsts& c, A w, A g, A* m, A* v, A row
     *m = mm;
     *v = vv;
     return w - A(c.step_size) * mm / (ru_sqrt(vv) + A(c.eps));
+  }
+  if (c.kind == MK_OPT_ADAM_ROWWISE) {
+    const A mm = *m + A(1.0 - c.beta1) * (g - *m);
+    *m = mm;
+    return w - A(c.step_size) * mm / row_denom;
   }
   return w - A(c.lr) * g / row_denom;
 }

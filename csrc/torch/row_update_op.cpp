@@ -32,8 +32,11 @@ mk_row_update make_update(const at::Tensor& table, const c10::optional<at::Tenso
     u.kind = MK_OPT_ADAM;
   } else if (spec.kind == "adagrad_rowwise") {
     u.kind = MK_OPT_ADAGRAD_ROWWISE;
+  } else if (spec.kind == "adam_rowwise") {
+    u.kind = MK_OPT_ADAM_ROWWISE;
   } else {
-    TORCH_CHECK(false, kOp, ": kind must be 'sgd', 'adam' or 'adagrad_rowwise'; got '", spec.kind, "'");
+    TORCH_CHECK(false, kOp, ": kind must be 'sgd', 'adam', 'adagrad_rowwise' or 'adam_rowwise'; got '",
+                spec.kind, "'");
   }
   TORCH_CHECK(spec.hyper.size() == 6, kOp,
               ": hyper must be [lr, beta1, beta2, eps, weight_decay, max_row_norm]; got ",
@@ -61,11 +64,15 @@ mk_row_update make_update(const at::Tensor& table, const c10::optional<at::Tenso
                 " must be a contiguous tensor of shape ", shape, "; got ", st->sizes());
     return st->data_ptr();
   };
-  if (u.kind == MK_OPT_ADAM) {
-    TORCH_CHECK(u.step >= 1, kOp, ": adam needs step >= 1 (the count including this update); got ",
-                u.step);
+  if (u.kind == MK_OPT_ADAM || u.kind == MK_OPT_ADAM_ROWWISE) {
+    TORCH_CHECK(u.step >= 1, kOp, ": ", spec.kind,
+                " needs step >= 1 (the count including this update); got ", u.step);
     u.state1 = check_state(state1, "state1 (exp_avg)", {N, D});
-    u.state2 = check_state(state2, "state2 (exp_avg_sq)", {N, D});
+    if (u.kind == MK_OPT_ADAM) {
+      u.state2 = check_state(state2, "state2 (exp_avg_sq)", {N, D});
+    } else {
+      u.state2 = check_state(state2, "state2 (exp_avg_sq, one per row)", {N});
+    }
   } else if (u.kind == MK_OPT_ADAGRAD_ROWWISE) {
     u.state1 = check_state(state1, "state1 (row accumulator)", {N});
   }
