@@ -21,7 +21,7 @@ import ctypes as C
 import os
 from typing import Optional, Tuple
 
-ABI_VERSION = 2  # MK_ABI_VERSION of the header these bindings were written for
+ABI_VERSION = 3  # MK_ABI_VERSION of the header these bindings were written for
 
 # mk_status
 (OK, ERR_INVALID_ARGUMENT, ERR_INDEX_OUT_OF_RANGE, ERR_UNSUPPORTED, ERR_CUDA, ERR_WORKSPACE_TOO_SMALL,
@@ -88,7 +88,7 @@ class RowUpdate(C.Structure):
         ("kind", C.c_int), ("lr", C.c_double), ("beta1", C.c_double), ("beta2", C.c_double), ("eps", C.c_double),
         ("weight_decay", C.c_double), ("max_row_norm", C.c_double), ("step", C.c_int64),
         ("stochastic_rounding", C.c_int), ("seed", C.c_uint64), ("state1", C.c_void_p), ("state2", C.c_void_p),
-        ("column_offset", C.c_int64), ("step_ptr", C.c_void_p), ("lr_scale", C.c_void_p),
+        ("column_offset", C.c_int64), ("step_ptr", C.c_void_p), ("lr_scale", C.c_void_p), ("state_bf16", C.c_int),
     ]
 
 

@@ -79,6 +79,12 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             stochastically; the random bits depend only on
             ``(seed, step, row, column)``, so runs are reproducible.
         seed: the stochastic-rounding seed.
+        state_dtype: ``torch.bfloat16`` keeps the ``[N, D]`` moments
+            (``exp_avg``, ``exp_avg_sq``) in bf16, each new value rounded
+            stochastically (bits from ``(seed, step, row, column)`` and the
+            state's own salt): half the state memory and bytes of fp32
+            moments; ``[N]`` states stay fp32. None (default): fp32 (fp64
+            for fp64 tables). Not for fp64 tables.
 
     Optimizer state is fp32 (fp64 for fp64 tables): ``exp_avg`` and
     ``exp_avg_sq`` ``[N, D]`` for Adam, ``exp_avg`` ``[N, D]`` and
@@ -99,6 +105,7 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         max_row_norm: float = 0.0,
         stochastic_rounding: bool = False,
         seed: int = 0,
+        state_dtype: Optional[torch.dtype] = None,
     ):
         if algorithm not in _ALGORITHMS:
             raise ValueError(f"SparseRowOptimizer: algorithm must be one of {sorted(_ALGORITHMS)}; got {algorithm!r}")
@@ -106,13 +113,19 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             raise ValueError("SparseRowOptimizer: lr, eps, weight_decay and max_row_norm must be >= 0")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"SparseRowOptimizer: betas must be in [0, 1); got {betas}")
+        if state_dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"SparseRowOptimizer: state_dtype must be None, torch.float32 or torch.bfloat16; got "
+                             f"{state_dtype}")
         defaults = dict(algorithm=algorithm, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        max_row_norm=max_row_norm, stochastic_rounding=stochastic_rounding, seed=seed)
+                        max_row_norm=max_row_norm, stochastic_rounding=stochastic_rounding, seed=seed,
+                        state_dtype=state_dtype)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dim() != 2:
                     raise ValueError(f"SparseRowOptimizer: parameters must be 2-D tables; got shape {tuple(p.shape)}")
+                if group["state_dtype"] == torch.bfloat16 and p.dtype == torch.float64:
+                    raise ValueError("SparseRowOptimizer: state_dtype=torch.bfloat16 is not for float64 tables")
 
     # ---- state -----------------------------------------------------------------------
 
@@ -124,11 +137,12 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             # (torch.distributed.checkpoint among them) load it in place.
             state["step"] = torch.zeros((), dtype=torch.int64)
             kind = _ALGORITHMS[group["algorithm"]]
+            wide = group.get("state_dtype") or acc  # the [N, D] states' dtype
             if kind == "adam":
-                state["exp_avg"] = _state_like(p, p.shape, acc)
-                state["exp_avg_sq"] = _state_like(p, p.shape, acc)
+                state["exp_avg"] = _state_like(p, p.shape, wide)
+                state["exp_avg_sq"] = _state_like(p, p.shape, wide)
             elif kind == "adam_rowwise":
-                state["exp_avg"] = _state_like(p, p.shape, acc)
+                state["exp_avg"] = _state_like(p, p.shape, wide)
                 state["exp_avg_sq"] = _state_like(p, (p.shape[0],), acc)
             elif kind == "adagrad_rowwise":
                 state["sum"] = _state_like(p, (p.shape[0],), acc)

@@ -319,22 +319,26 @@ def test_opcheck_update_ops(device):
                           (gout, table, idx, w, m, v, "adam", hyper, 1, False, 0))
 
 
-@pytest.mark.parametrize("kind", ["adam", "adagrad_rowwise", "sgd", "adam_rowwise"])
-def test_fused_backward_update_bf16_stochastic_rounding(device, kind):
+@pytest.mark.parametrize("kind,state_dtype", [("adam", torch.float32), ("adagrad_rowwise", torch.float32),
+                                              ("sgd", torch.float32), ("adam_rowwise", torch.float32),
+                                              ("adam", torch.bfloat16), ("adam_rowwise", torch.bfloat16)])
+def test_fused_backward_update_bf16_stochastic_rounding(device, kind, state_dtype):
     """On a bf16 table the fused op applies the fp32 row gradients (more precise
     than the bf16 sparse gradient autograd would carry): it equals the sparse
-    backward's fp32 rows fed to the standalone update, bit for bit."""
+    backward's fp32 rows fed to the standalone update, bit for bit, with fp32
+    or bf16 moments."""
     g = torch.Generator().manual_seed(5)
     table = torch.randn(N, D, generator=g).to(device=device, dtype=torch.bfloat16)
     a, b = table.clone(), table.clone()
-    sa = [torch.zeros(N, D, device=device), torch.zeros(N, D, device=device)]
-    sb = [torch.zeros(N, D, device=device), torch.zeros(N, D, device=device)]
+    wide = dict(device=device, dtype=state_dtype)
+    sa = [torch.zeros(N, D, **wide), torch.zeros(N, D, **wide)]
+    sb = [torch.zeros(N, D, **wide), torch.zeros(N, D, **wide)]
     if kind == "adagrad_rowwise":
         sa = [torch.zeros(N, device=device), None]
         sb = [torch.zeros(N, device=device), None]
     if kind == "adam_rowwise":
-        sa = [torch.zeros(N, D, device=device), torch.zeros(N, device=device)]
-        sb = [torch.zeros(N, D, device=device), torch.zeros(N, device=device)]
+        sa = [torch.zeros(N, D, **wide), torch.zeros(N, device=device)]
+        sb = [torch.zeros(N, D, **wide), torch.zeros(N, device=device)]
     if kind == "sgd":
         sa = sb = [None, None]
     hyper = [0.05, 0.9, 0.99, 1e-6, 0.01, 1.0]
@@ -344,6 +348,8 @@ def test_fused_backward_update_bf16_stochastic_rounding(device, kind):
         rows, row_grads, _ = torch.ops.memkernels.embedding_bag_backward_sparse(gout.float(), b.float(), idx, w)
         torch.ops.memkernels.sparse_row_update(b, rows, row_grads, sb[0], sb[1], kind, hyper, step, True, 3)
         assert torch.equal(a, b)
+        for x, y in zip(sa, sb):
+            assert x is None or torch.equal(x, y)
     assert not torch.equal(a, table)
 
 
@@ -365,3 +371,72 @@ def test_stochastic_rounding_of_a_column_shard_matches_the_whole_table(device):
     unshifted = table.clone()
     memkernels.sparse_row_update(unshifted[:, 4:], rows, grads[:, 4:].contiguous(), update)
     assert not torch.equal(unshifted[:, 4:], whole[:, 4:])  # the offset is what makes them agree
+
+
+# ---- bf16 optimizer state -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["adamw", "adam_rowwise"])
+def test_bf16_state_follows_the_written_reference(device, algorithm):
+    """state_dtype=torch.bfloat16: the [N, D] moments are bf16 (half the
+    bytes), [N] states fp32, and training follows the float64 reference to
+    within the moments' rounding."""
+    table = fresh(device)
+    opt = SparseRowOptimizer([table], algorithm, lr=0.05, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1,
+                             state_dtype=torch.bfloat16)
+    ref = table.detach().double().cpu()
+    v_shape = (N,) if algorithm == "adam_rowwise" else (N, D)
+    state = {"step": 0, "m": torch.zeros(N, D, dtype=torch.float64), "v": torch.zeros(v_shape, dtype=torch.float64)}
+    for idx, w, target in batches(device, steps=5):
+        out = memkernels.embedding_bag(table, idx, w, sparse=True)
+        (out - target).square().sum().backward()
+        grad = table.grad.coalesce()
+        ref = reference.sparse_row_step(ref, grad.indices()[0].cpu(), grad.values().cpu(), state, algorithm, 0.05,
+                                        (0.9, 0.99), 1e-5, 0.1, 0.0)
+        opt.step()
+        opt.zero_grad()
+    st = opt.state[table]
+    assert st["exp_avg"].dtype == torch.bfloat16
+    assert st["exp_avg_sq"].dtype == (torch.float32 if algorithm == "adam_rowwise" else torch.bfloat16)
+    torch.testing.assert_close(table.detach().double().cpu(), ref, atol=3e-3, rtol=1e-2)
+    torch.testing.assert_close(st["exp_avg"].double().cpu(), state["m"], atol=1e-2, rtol=1e-2)
+
+
+def test_bf16_state_rounds_stochastically_and_reproducibly(device):
+    """Each new bf16 moment is rounded stochastically: a first moment 30 % of
+    the way from 1 to the next bf16 (1 + 2**-7) rounds up about 30 % of the
+    time; the same seed gives the same bits, another seed others; the fused
+    path stores the same bits as the standalone update."""
+    rows_n, d = 4000, 8
+    x = 1.0 + 0.3 * 2.0**-7
+    grads = torch.full((rows_n, d), x / (1 - 0.9), device=device)
+    rows = torch.arange(rows_n, device=device)
+
+    def first_moment(seed):
+        table = torch.zeros(rows_n, d, device=device)
+        m = torch.zeros(rows_n, d, device=device, dtype=torch.bfloat16)
+        v = torch.zeros(rows_n, d, device=device, dtype=torch.bfloat16)
+        memkernels.sparse_row_update(table, rows, grads, memkernels.RowUpdate("adam", lr=0.01, seed=seed), m, v)
+        return m
+
+    m = first_moment(3)
+    assert set(m.float().unique().tolist()) == {1.0, 1.0 + 2.0**-7}
+    up = (m.float() > 1).double().mean().item()
+    assert 0.27 < up < 0.33, up
+    assert torch.equal(first_moment(3), m) and not torch.equal(first_moment(4), m)
+
+
+def test_bf16_state_bad_configurations(device):
+    table = torch.zeros(10, 4, device=device)
+    rows, grads = torch.tensor([1], device=device), torch.ones(1, 4, device=device)
+    m = torch.zeros(10, 4, device=device, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="both \\[N, D\\] states alike"):
+        memkernels.sparse_row_update(table, rows, grads, memkernels.RowUpdate("adam", lr=0.1), m,
+                                     torch.zeros(10, 4, device=device))
+    t64 = torch.zeros(10, 4, device=device, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="must be Double"):
+        memkernels.sparse_row_update(t64, rows, grads.double(), memkernels.RowUpdate("adam", lr=0.1), m, m)
+    with pytest.raises(ValueError, match="not for float64 tables"):
+        SparseRowOptimizer([torch.nn.Parameter(t64)], "adam", state_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="state_dtype"):
+        SparseRowOptimizer([torch.nn.Parameter(table)], "adam", state_dtype=torch.float16)

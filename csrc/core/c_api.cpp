@@ -83,6 +83,7 @@ mk_status row_update_check_args(const mk_sparse_row_update_args* a) {
       u.kind != MK_OPT_ADAM_ROWWISE)
     return MK_ERR_INVALID_ARGUMENT;
   if (a->num_updates > 0 && (!a->table || !a->rows || !a->grads)) return MK_ERR_INVALID_ARGUMENT;
+  if (u.state_bf16 && a->value_dtype == MK_F64) return MK_ERR_UNSUPPORTED;
   if ((u.kind == MK_OPT_ADAM || u.kind == MK_OPT_ADAM_ROWWISE) &&
       (!u.state1 || !u.state2 || (!u.step_ptr && u.step < 1)))
     return MK_ERR_INVALID_ARGUMENT;

@@ -134,13 +134,13 @@ typedef struct mk_embedding_bag_bwd_args {
  * weight_decay is decoupled and applied to touched rows only, before the
  * update: w -= lr * weight_decay * w (AdamW for ADAM). max_row_norm > 0 scales
  * each row's gradient to an L2 norm of at most max_row_norm first.
- * Optimizer state is fp32; the table may be f32, f16, bf16 or f64 (f64 state
- * for f64 tables). */
+ * Optimizer state is fp32 (or bf16, see state_bf16); the table may be f32, f16,
+ * bf16 or f64 (f64 state for f64 tables). */
 typedef enum mk_row_optimizer {
   MK_OPT_SGD = 0,
   MK_OPT_ADAM = 1,
   MK_OPT_ADAGRAD_ROWWISE = 2,
-  MK_OPT_ADAM_ROWWISE = 3 /* added 2026-11-28 (ABI 2); earlier libraries return MK_ERR_INVALID_ARGUMENT */
+  MK_OPT_ADAM_ROWWISE = 3 /* added in ABI 3 */
 } mk_row_optimizer;
 
 typedef struct mk_row_update {
@@ -161,6 +161,11 @@ typedef struct mk_row_update {
    * learning-rate schedule; weight decay scales with it, as lr * weight_decay). */
   const int64_t* step_ptr;
   const float* lr_scale;
+  /* Added in ABI 3: when not 0 (f32, f16 and bf16 tables only), the [N, D]
+   * states (exp_avg, and exp_avg_sq of ADAM) are stored as bf16, each new
+   * value rounded stochastically with bits hashed from (seed, step, row,
+   * column_offset + column) and the state's own salt; [N] states stay f32. */
+  int state_bf16;
 } mk_row_update;
 
 typedef struct mk_sparse_row_update_args {
@@ -239,7 +244,7 @@ typedef struct mk_pk_topk_bwd_args {
 /* The ABI's version: raised whenever a struct's layout or a function's
  * signature or meaning changes incompatibly. A caller compiled against this
  * header checks mk_abi_version() == MK_ABI_VERSION before its first call. */
-#define MK_ABI_VERSION 2
+#define MK_ABI_VERSION 3
 MK_API int mk_abi_version(void);
 
 MK_API const char* mk_status_string(mk_status status);

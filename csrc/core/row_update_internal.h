@@ -109,6 +109,42 @@ MK_HD uint16_t bf16_bits_stochastic(float x, uint32_t rnd) {
   return uint16_t(r >> 16);
 }
 
+// Optimizer-state elements of [N, D] states: the accumulation type, or bf16
+// when the update keeps them so (mk_row_update.state_bf16, f32 accumulation
+// only), written with stochastic rounding from bits hashed with the state's
+// own salt, so they do not repeat the value's bits.
+constexpr uint64_t kStateSalt1 = 0x5a17e1a5ull, kStateSalt2 = 0x5a17e2a5ull;
+
+template <class A>
+MK_HD A load_state(const void* base, int64_t i, bool bf16) {
+  if constexpr (std::is_same<A, float>::value) {
+    if (bf16) {
+      const uint32_t u = uint32_t(static_cast<const uint16_t*>(base)[i]) << 16;
+#if defined(__CUDA_ARCH__)
+      return __uint_as_float(u);
+#else
+      float f;
+      std::memcpy(&f, &u, 4);
+      return f;
+#endif
+    }
+  }
+  return static_cast<const A*>(base)[i];
+}
+
+template <class A>
+MK_HD void store_state(void* base, int64_t i, A x, bool bf16, const mk_row_update& u, uint64_t salt, int64_t row,
+                       int64_t col) {
+  if constexpr (std::is_same<A, float>::value) {
+    if (bf16) {
+      static_cast<uint16_t*>(base)[i] = bf16_bits_stochastic(x, sr_bits(u.seed ^ salt, u.step, row,
+                                                                         u.column_offset + col));
+      return;
+    }
+  }
+  static_cast<A*>(base)[i] = x;
+}
+
 // Stores an updated element: bf16 tables round stochastically when asked,
 // every other case rounds to nearest.
 template <class V>

@@ -54,12 +54,25 @@ mk_row_update make_update(const at::Tensor& table, const c10::optional<at::Tenso
   u.column_offset = spec.column_offset;
   const at::ScalarType acc = acc_dtype(table.scalar_type());
   const int64_t N = table.size(0), D = table.size(1);
+  // [N, D] states may be bf16 (stored with stochastic rounding) when the
+  // accumulation type is float; the first one decides, the second must match.
+  c10::optional<at::ScalarType> wide_dtype;
   auto check_state = [&](const c10::optional<at::Tensor>& st, const char* name,
                          at::IntArrayRef shape) -> void* {
     TORCH_CHECK(st.has_value() && st->defined(), kOp, ": ", spec.kind, " needs ", name);
     check_same_device(kOp, table, "table", *st, name);
-    TORCH_CHECK(st->scalar_type() == acc, kOp, ": ", name, " must be ", acc, "; got ",
-                st->scalar_type());
+    if (shape.size() == 2) {
+      const at::ScalarType want = wide_dtype.value_or(st->scalar_type());
+      TORCH_CHECK(st->scalar_type() == want &&
+                      (want == acc || (want == at::kBFloat16 && acc == at::kFloat)),
+                  kOp, ": ", name, " must be ", acc,
+                  acc == at::kFloat ? " or bfloat16 (both [N, D] states alike)" : "", "; got ",
+                  st->scalar_type());
+      wide_dtype = want;
+    } else {
+      TORCH_CHECK(st->scalar_type() == acc, kOp, ": ", name, " must be ", acc, "; got ",
+                  st->scalar_type());
+    }
     TORCH_CHECK(st->sizes() == shape && st->is_contiguous(), kOp, ": ", name,
                 " must be a contiguous tensor of shape ", shape, "; got ", st->sizes());
     return st->data_ptr();
@@ -76,6 +89,7 @@ mk_row_update make_update(const at::Tensor& table, const c10::optional<at::Tenso
   } else if (u.kind == MK_OPT_ADAGRAD_ROWWISE) {
     u.state1 = check_state(state1, "state1 (row accumulator)", {N});
   }
+  u.state_bf16 = wide_dtype == at::kBFloat16 ? 1 : 0;
   return u;
 }
 
