@@ -215,7 +215,7 @@ def test_paper_style_pk_topk_baseline_selects_what_the_oracle_does():
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("triton") is None, reason="triton is not installed")
-def test_triton_baseline_computes_the_embedding_bag_and_its_gradients():
+def test_triton_baseline_computes_the_embedding_bag_and_its_gradients(tmp_path):
     """The bench's Triton baseline (the paper's released design), run by
     Triton's interpreter on the CPU: forward, the dense values' gradient
     (untouched rows zero, a hot row) and the weights' gradient against the
@@ -252,7 +252,9 @@ def test_triton_baseline_computes_the_embedding_bag_and_its_gradients():
         print("ok")
     """)
     env = dict(__import__("os").environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    # Run outside the checkout, so that the installed package is imported.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
     from memkernels.bench import triton_bag
 
