@@ -33,18 +33,8 @@ void update_row_cpu(const RowUpdateConsts& c, const mk_row_update& u, V* w, cons
     s2[r] += A(1.0 - u.beta2) * (sq / A(D) - s2[r]);
     denom = std::sqrt(s2[r]) + A(u.eps);
   }
-  const bool full_adam = u.kind == MK_OPT_ADAM;
-  const bool has_m = full_adam || u.kind == MK_OPT_ADAM_ROWWISE;
-  const bool sb = u.state_bf16 != 0;
-  for (int64_t d = 0; d < D; ++d) {
-    A m = A(0), v = A(0);
-    if (has_m) m = load_state<A>(u.state1, r * D + d, sb);
-    if (full_adam) v = load_state<A>(u.state2, r * D + d, sb);
-    const A nw = row_update_element(c, to_acc(w[d]), scale * g[d], &m, &v, denom);
-    if (has_m) store_state<A>(u.state1, r * D + d, m, sb, u, kStateSalt1, r, d);
-    if (full_adam) store_state<A>(u.state2, r * D + d, v, sb, u, kStateSalt2, r, d);
-    store_updated<V>(w + d, nw, u, r, d);
-  }
+  for (int64_t d = 0; d < D; ++d)
+    store_updated<V>(w + d, update_element<A>(c, u, to_acc(w[d]), scale * g[d], denom, r, d, D), u, r, d);
 }
 
 #define MK_INSTANTIATE(id, host, device, acc)                                                  \

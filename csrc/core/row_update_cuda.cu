@@ -53,17 +53,9 @@ __global__ void row_update_kernel(mk_sparse_row_update_args a, RowUpdateConsts c
       if (lane == 0) s2[r] = vr;
       denom = ru_sqrt(vr) + A(u.eps);
     }
-    const bool full_adam = u.kind == MK_OPT_ADAM;
-    const bool has_m = full_adam || u.kind == MK_OPT_ADAM_ROWWISE;
-    const bool sb = u.state_bf16 != 0;
     V* w = table + r * a.table_row_stride;
     for (int64_t d = lane; d < D; d += 32) {
-      A m = A(0), v = A(0);
-      if (has_m) m = load_state<A>(u.state1, r * D + d, sb);
-      if (full_adam) v = load_state<A>(u.state2, r * D + d, sb);
-      const A nw = row_update_element(c, to_acc(w[d]), scale * g[d], &m, &v, denom);
-      if (has_m) store_state<A>(u.state1, r * D + d, m, sb, u, kStateSalt1, r, d);
-      if (full_adam) store_state<A>(u.state2, r * D + d, v, sb, u, kStateSalt2, r, d);
+      const A nw = update_element<A>(c, u, to_acc(w[d]), scale * g[d], denom, r, d, D);
       store_updated<V>(w + d, nw, u, r, d);
     }
   }

@@ -145,6 +145,25 @@ MK_HD void store_state(void* base, int64_t i, A x, bool bf16, const mk_row_updat
   static_cast<A*>(base)[i] = x;
 }
 
+// One element's new value with its [N, D] optimizer state loaded and stored
+// (Adam's two moments, row-wise Adam's first), on either device; denom is
+// the row's sqrt(G) + eps where the rule has one.
+template <class A>
+MK_HD A update_element(const RowUpdateConsts& c, const mk_row_update& u, A w, A g, A denom, int64_t r,
+                       int64_t d, int64_t D) {
+  const bool full_adam = u.kind == MK_OPT_ADAM;
+  const bool has_m = full_adam || u.kind == MK_OPT_ADAM_ROWWISE;
+  const bool sb = u.state_bf16 != 0;
+  const int64_t i = r * D + d;
+  A m = A(0), v = A(0);
+  if (has_m) m = load_state<A>(u.state1, i, sb);
+  if (full_adam) v = load_state<A>(u.state2, i, sb);
+  const A nw = row_update_element(c, w, g, &m, &v, denom);
+  if (has_m) store_state<A>(u.state1, i, m, sb, u, kStateSalt1, r, d);
+  if (full_adam) store_state<A>(u.state2, i, v, sb, u, kStateSalt2, r, d);
+  return nw;
+}
+
 // Stores an updated element: bf16 tables round stochastically when asked,
 // every other case rounds to nearest.
 template <class V>

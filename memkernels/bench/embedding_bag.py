@@ -43,14 +43,18 @@ def embedding_bag_impls(values, batches, case):
     """forward and forward+backward callables per implementation."""
     dtype = values.dtype
 
-    def ours(i, backward, sparse=False):
-        idx, w, gout = batches[i % len(batches)]
-        v = values.requires_grad_(backward)
-        ww = w.requires_grad_(backward)
-        out = memkernels.embedding_bag(v, idx, ww, sparse=sparse, check_indices=False)
-        if backward:
-            torch.autograd.grad(out, (v, ww), gout)
-        return out
+    def differentiable(bag):
+        """(i, backward) -> bag(values, indices, weights) on the i-th input
+        set, and with backward both gradients."""
+        def call(i, backward):
+            idx, w, gout = batches[i % len(batches)]
+            v = values.requires_grad_(backward)
+            ww = w.requires_grad_(backward)
+            out = bag(v, idx, ww)
+            if backward:
+                torch.autograd.grad(out, (v, ww), gout)
+            return out
+        return call
 
     # PyTorch's CUDA kernel has no bfloat16 backward for per-sample weights:
     # there its rows compute the values' gradient only (less work than ours).
@@ -65,33 +69,16 @@ def embedding_bag_impls(values, batches, case):
             torch.autograd.grad(out, (v, ww) if torch_grad_w else (v,), gout)
         return out
 
-    def ref(i, backward):
-        idx, w, gout = batches[i % len(batches)]
-        v = values.requires_grad_(backward)
-        ww = w.requires_grad_(backward)
-        out = reference.embedding_bag(v, idx, ww)
-        if backward:
-            torch.autograd.grad(out, (v, ww), gout)
-        return out
-
-    def triton_op(i, backward):
-        idx, w, gout = batches[i % len(batches)]
-        v = values.requires_grad_(backward)
-        ww = w.requires_grad_(backward)
-        out = triton_bag.embedding_bag(v, idx, ww)
-        if backward:
-            torch.autograd.grad(out, (v, ww), gout)
-        return out
-
     impls = {
-        "memkernels": lambda i, bw: ours(i, bw),
-        "memkernels_sparse": lambda i, bw: ours(i, bw, sparse=True),
+        "memkernels": differentiable(lambda v, i, w: memkernels.embedding_bag(v, i, w, check_indices=False)),
+        "memkernels_sparse": differentiable(
+            lambda v, i, w: memkernels.embedding_bag(v, i, w, sparse=True, check_indices=False)),
         "torch.F.embedding_bag": torch_op,
         "torch.F.embedding_bag_sparse": lambda i, bw: torch_op(i, bw, sparse=True),
-        "reference": ref,
+        "reference": differentiable(reference.embedding_bag),
     }
     if triton_bag.available(values.device) is None:
-        impls["triton_per_bag"] = triton_op
+        impls["triton_per_bag"] = differentiable(triton_bag.embedding_bag)
     return impls
 
 
