@@ -201,14 +201,24 @@ def _update_operands(op, update, acc, state1, state2, step, lr_scale, table_shap
     The states are checked here: the core cannot see their sizes."""
     if update.kind not in _KINDS:
         raise ValueError(f"memkernels.jax.{op}: unknown update kind {update.kind!r}")
+    # [N, D] states may be bfloat16 (kept so, rounded stochastically) when the
+    # accumulation dtype is float32; both alike.
+    wide = None
     for name, st, shape in zip(("state1", "state2"), (state1, state2), _state_shapes(update.kind, *table_shape)):
         if shape is None:
             continue
         if st is None:
             raise ValueError(f"memkernels.jax.{op}: {update.kind} needs {name} of shape {shape}")
-        if tuple(st.shape) != shape or st.dtype != acc:
-            raise ValueError(f"memkernels.jax.{op}: {name} must be {jnp.dtype(acc).name} of shape {shape} for "
+        allowed = {jnp.dtype(acc)}
+        if len(shape) == 2:
+            allowed = {wide} if wide is not None else ({jnp.dtype(acc), jnp.dtype(jnp.bfloat16)}
+                                                       if jnp.dtype(acc) == jnp.float32 else allowed)
+        if tuple(st.shape) != shape or jnp.dtype(st.dtype) not in allowed:
+            names = " or ".join(sorted(d.name for d in allowed))
+            raise ValueError(f"memkernels.jax.{op}: {name} must be {names} of shape {shape} for "
                              f"{update.kind}; got {st.dtype} of shape {tuple(st.shape)}")
+        if len(shape) == 2:
+            wide = jnp.dtype(st.dtype)
     none = jnp.zeros((0,), acc)
     s1 = none if state1 is None else state1
     s2 = none if state2 is None else state2

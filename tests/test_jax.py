@@ -345,3 +345,49 @@ def test_update_states_are_checked_before_the_kernel_runs(jdev):
                               ("adam_rowwise", full.astype(np.float16), per_row, "state1")):
         with pytest.raises(ValueError, match=msg):
             mkj.sparse_row_update(table, rows, grads, memkernels.RowUpdate(kind, lr=0.1), s1, s2)
+
+
+@pytest.mark.parametrize("kind", ["adam", "adam_rowwise"])
+def test_bf16_moments_equal_the_torch_op(jdev, kind):
+    """bfloat16 [N, D] moments (stochastically rounded): the JAX update and
+    the fused backward-with-update store the torch op's bits, moments
+    included."""
+    rng = np.random.default_rng(9)
+    N, D = 40, 6
+    table = rng.standard_normal((N, D)).astype(np.float32)
+    rows = np.array([3, 7, 21], dtype=np.int32)
+    grads = rng.standard_normal((3, D)).astype(np.float32)
+    update = memkernels.RowUpdate(kind, lr=0.05, weight_decay=0.01, step=2, seed=11)
+    m = np.full((N, D), 0.3, np.float32)
+    v = np.full((N, D), 0.2, np.float32) if kind == "adam" else np.full((N,), 0.2, np.float32)
+    dev = _torch_device(jdev)
+    tt, tm = torch.tensor(table, device=dev), torch.tensor(m, device=dev).bfloat16()
+    tv = torch.tensor(v, device=dev).bfloat16() if kind == "adam" else torch.tensor(v, device=dev)
+    memkernels.sparse_row_update(tt, torch.tensor(rows, device=dev).long(), torch.tensor(grads, device=dev), update,
+                                 tm, tv)
+    jm = jnp.asarray(m, jnp.bfloat16)
+    jv = jnp.asarray(v, jnp.bfloat16) if kind == "adam" else jnp.asarray(v)
+    t, n1, n2 = mkj.sparse_row_update(*_put(jdev, table, rows, grads), update, jax.device_put(jm, jdev),
+                                      jax.device_put(jv, jdev))
+    np.testing.assert_array_equal(np.asarray(t), tt.cpu().numpy())
+    np.testing.assert_array_equal(np.asarray(n1.astype(jnp.float32)), tm.float().cpu().numpy())
+    np.testing.assert_array_equal(np.asarray(n2.astype(jnp.float32)), tv.float().cpu().numpy())
+    assert n1.dtype == jnp.bfloat16 and not np.array_equal(np.asarray(n1.astype(jnp.float32)), m)
+
+    values, indices, weights, gout = _bag_inputs()
+    Nv, Dv = values.shape
+    bm = np.zeros((Nv, Dv), np.float32)
+    bv = np.zeros((Nv, Dv) if kind == "adam" else (Nv,), np.float32)
+    tvals = torch.tensor(values, device=dev)
+    ta = torch.tensor(bm, device=dev).bfloat16()
+    tb = torch.tensor(bv, device=dev).bfloat16() if kind == "adam" else torch.tensor(bv, device=dev)
+    memkernels.embedding_bag_backward_update(torch.tensor(gout, device=dev), tvals, torch.tensor(indices, device=dev),
+                                             torch.tensor(weights, device=dev), update, ta, tb)
+    ja = jnp.asarray(bm, jnp.bfloat16)
+    jb = jnp.asarray(bv, jnp.bfloat16) if kind == "adam" else jnp.asarray(bv)
+    i, w, g = _put(jdev, indices, weights, gout)
+    out_v, oa, ob, _ = mkj.embedding_bag_backward_update(g, jax.device_put(values, jdev), i, w, update,
+                                                         jax.device_put(ja, jdev), jax.device_put(jb, jdev))
+    np.testing.assert_array_equal(np.asarray(out_v), tvals.cpu().numpy())
+    np.testing.assert_array_equal(np.asarray(oa.astype(jnp.float32)), ta.float().cpu().numpy())
+    np.testing.assert_array_equal(np.asarray(ob.astype(jnp.float32)), tb.float().cpu().numpy())

@@ -281,7 +281,8 @@ struct UpdateAttrs {
 // The update from its attributes, its state buffers (null when empty) and its
 // run-time step count and learning-rate scale (read by the kernel when given,
 // so one compiled call serves every step).
-ffi::Error decode_update(const char* op, const UpdateAttrs& h, void* state1, void* state2, const ffi::AnyBuffer& step,
+ffi::Error decode_update(const char* op, const UpdateAttrs& h, void* state1, void* state2, bool state1_bf16,
+                         const ffi::AnyBuffer& step,
                          const ffi::AnyBuffer& lr_scale, mk_row_update* u) {
   u->kind = mk_row_optimizer(h.kind);
   u->lr = h.lr;
@@ -296,6 +297,9 @@ ffi::Error decode_update(const char* op, const UpdateAttrs& h, void* state1, voi
   u->column_offset = h.column_offset;
   u->state1 = state1;
   u->state2 = state2;
+  // A bf16 state1 is an [N, D] moment (memkernels.jax checked the states):
+  // the [N, D] states are kept in bf16.
+  u->state_bf16 = state1_bf16 ? 1 : 0;
   if (step.element_count()) {
     if (!int64_out(step, 1)) return fail(op, "step must be one int64");
     u->step_ptr = static_cast<const int64_t*>(step.untyped_data());
@@ -336,7 +340,8 @@ ffi::Error row_update(mk_device dev, void* stream, ffi::AnyBuffer table, ffi::An
   a.rows = static_cast<const int64_t*>(rows.untyped_data());
   a.grads = grads.untyped_data();
   if (ffi::Error e = decode_update(op, h, state1.element_count() ? state1_out->untyped_data() : nullptr,
-                                   state2.element_count() ? state2_out->untyped_data() : nullptr, step, lr_scale,
+                                   state2.element_count() ? state2_out->untyped_data() : nullptr,
+                                   state1.element_type() == ffi::DataType::BF16, step, lr_scale,
                                    &a.update);
       e.failure())
     return e;
@@ -364,7 +369,8 @@ ffi::Error bag_backward_update(mk_device dev, void* stream, Scratch* scratch, ff
   if (grad_out.element_type() != values.element_type()) return fail(op, "grad_out must have the values' dtype");
   mk_row_update u{};
   if (ffi::Error e = decode_update(op, h, state1.element_count() ? state1_out->untyped_data() : nullptr,
-                                   state2.element_count() ? state2_out->untyped_data() : nullptr, step, lr_scale,
+                                   state2.element_count() ? state2_out->untyped_data() : nullptr,
+                                   state1.element_type() == ffi::DataType::BF16, step, lr_scale,
                                    &u);
       e.failure())
     return e;
