@@ -33,7 +33,7 @@ def test_pk_topk_counts_by_hand():
 def test_bench_entry_tiny(tmp_path, capsys):
     result = bench.main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--out", str(tmp_path)])
     on_disk = json.loads((tmp_path / "bench.json").read_text())
-    assert on_disk["preset"] == "tiny" and on_disk["reps"] == 2
+    assert on_disk["preset"] == "tiny" and on_disk["reps"] == 2 and on_disk["complete"] is True
     assert set(on_disk["ceilings"]) >= {"copy_GBps", "matmul_TFLOPs"}
     env = on_disk["environment"]
     assert env["device"] == "cpu"
@@ -260,3 +260,20 @@ def test_triton_baseline_computes_the_embedding_bag_and_its_gradients(tmp_path):
 
     if not torch.cuda.is_available():
         assert "CUDA" in triton_bag.available(torch.device("cpu"))
+
+
+def test_a_run_stopped_midway_keeps_the_cases_it_finished(tmp_path, monkeypatch):
+    """bench.json is written after every case (complete: false) so that a run
+    killed by a time limit (the GPU check's) keeps its numbers."""
+    from memkernels.bench import cli
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # the run stops during its second case
+
+    monkeypatch.setitem(cli.RUNNERS, bench.PKCase, stop)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--preset", "tiny", "--device", "cpu", "--reps", "2", "--no-sweeps", "--out", str(tmp_path)])
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["complete"] is False
+    assert {r["op"] for r in on_disk["results"]} == {"embedding_bag"}  # the first case, finished
+    assert on_disk["environment"]["device"] == "cpu"

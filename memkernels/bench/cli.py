@@ -192,23 +192,31 @@ def main(argv=None) -> Dict[str, object]:
         if not cases:
             p.error(f"--cases {args.cases!r} matches no case of preset {preset!r}: "
                     + ", ".join(c.name for c in PRESETS[preset]))
+    env = environment(device, argv)
+
+    def save(results, sweeps, complete):
+        out = {"environment": env, "preset": preset, "reps": reps, "ceilings": ceilings,
+               "results": [asdict(r) for r in results], "sweeps": sweeps, "errors": list(ERRORS),
+               "complete": complete}
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "bench.json"), "w") as f:
+                json.dump(out, f, indent=1)
+        return out
+
     PROGRESS.start()
     for i, case in enumerate(cases, start=1):
         PROGRESS.prefix = f"case {i}/{len(cases)}: "
         rows += bench_case(case, device, ceilings, reps)
+        save(rows, [], complete=False)  # a run stopped by a time limit keeps the cases it finished
     PROGRESS.prefix = "sweep: "
     sweeps = [] if args.no_sweeps else run_sweeps(preset, device, ceilings, reps)
     PROGRESS.clear()
     PROGRESS.prefix = ""
-    result = {"environment": environment(device, argv), "preset": preset, "reps": reps, "ceilings": ceilings,
-              "results": [asdict(r) for r in rows], "sweeps": sweeps, "errors": list(ERRORS)}
+    result = save(rows, sweeps, complete=True)
     notices: List[str] = []
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "bench.json"), "w") as f:
-            json.dump(result, f, indent=1)
         result["plots"] = draw_plots(result, args.out, notices)
-    env = result["environment"]
     for msg in notices:
         print(msg)
     print(f"memkernels bench: {env['device_name']} ({device.type}), torch {env['torch']}, preset {preset}")
