@@ -278,12 +278,13 @@ struct UpdateAttrs {
   uint64_t seed;
 };
 
-// The update from its attributes, its state buffers (null when empty) and its
-// run-time step count and learning-rate scale (read by the kernel when given,
-// so one compiled call serves every step).
-ffi::Error decode_update(const char* op, const UpdateAttrs& h, void* state1, void* state2, bool state1_bf16,
-                         const ffi::AnyBuffer& step,
-                         const ffi::AnyBuffer& lr_scale, mk_row_update* u) {
+// The update from its attributes, its state buffers (empty when absent; the
+// outputs alias them, so the update writes them in place) and its run-time
+// step count and learning-rate scale (read by the kernel when given, so one
+// compiled call serves every step).
+ffi::Error decode_update(const char* op, const UpdateAttrs& h, const ffi::AnyBuffer& state1,
+                         const ffi::AnyBuffer& state2, const ffi::AnyBuffer& step, const ffi::AnyBuffer& lr_scale,
+                         mk_row_update* u) {
   u->kind = mk_row_optimizer(h.kind);
   u->lr = h.lr;
   u->beta1 = h.beta1;
@@ -295,11 +296,11 @@ ffi::Error decode_update(const char* op, const UpdateAttrs& h, void* state1, voi
   u->stochastic_rounding = int(h.stochastic_rounding);
   u->seed = h.seed;
   u->column_offset = h.column_offset;
-  u->state1 = state1;
-  u->state2 = state2;
+  u->state1 = state1.element_count() ? state1.untyped_data() : nullptr;
+  u->state2 = state2.element_count() ? state2.untyped_data() : nullptr;
   // A bf16 state1 is an [N, D] moment (memkernels.jax checked the states):
   // the [N, D] states are kept in bf16.
-  u->state_bf16 = state1_bf16 ? 1 : 0;
+  u->state_bf16 = state1.element_type() == ffi::DataType::BF16 ? 1 : 0;
   if (step.element_count()) {
     if (!int64_out(step, 1)) return fail(op, "step must be one int64");
     u->step_ptr = static_cast<const int64_t*>(step.untyped_data());
@@ -339,10 +340,7 @@ ffi::Error row_update(mk_device dev, void* stream, ffi::AnyBuffer table, ffi::An
   a.num_updates = U;
   a.rows = static_cast<const int64_t*>(rows.untyped_data());
   a.grads = grads.untyped_data();
-  if (ffi::Error e = decode_update(op, h, state1.element_count() ? state1_out->untyped_data() : nullptr,
-                                   state2.element_count() ? state2_out->untyped_data() : nullptr,
-                                   state1.element_type() == ffi::DataType::BF16, step, lr_scale,
-                                   &a.update);
+  if (ffi::Error e = decode_update(op, h, state1, state2, step, lr_scale, &a.update);
       e.failure())
     return e;
   return check(mk_sparse_row_update(&a, dev, stream), op);
@@ -368,10 +366,7 @@ ffi::Error bag_backward_update(mk_device dev, void* stream, Scratch* scratch, ff
   if (b.batch != 1 || mat(grad_out).lead != 1) return fail(op, "no batch dimensions (vmap runs it per element)");
   if (grad_out.element_type() != values.element_type()) return fail(op, "grad_out must have the values' dtype");
   mk_row_update u{};
-  if (ffi::Error e = decode_update(op, h, state1.element_count() ? state1_out->untyped_data() : nullptr,
-                                   state2.element_count() ? state2_out->untyped_data() : nullptr,
-                                   state1.element_type() == ffi::DataType::BF16, step, lr_scale,
-                                   &u);
+  if (ffi::Error e = decode_update(op, h, state1, state2, step, lr_scale, &u);
       e.failure())
     return e;
   mk_embedding_bag_bwd_args a = bwd_args(b, values, indices, weights, grad_out);

@@ -18,6 +18,7 @@ and a GPU (or ``TRITON_INTERPRET=1`` on CPU tensors, which the tests use).
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -32,8 +33,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 def available(device: torch.device) -> Optional[str]:
     """None when the baseline can run on ``device``, else why not."""
-    import os
-
     if triton is None:
         return "triton is not installed"
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
