@@ -30,6 +30,26 @@ def test_corpus_is_seeded_and_holds_out_its_question_phrasings():
         bios.make_corpus(bios.BioConfig(people=100, first_names=5, last_names=5))
 
 
+def test_popular_people_are_written_about_more_often_and_asked_once():
+    cfg = bios.BioConfig(people=40, attributes=("birth_year", "city"), first_names=8, last_names=8,
+                         values_per_attribute=10, seed=3)
+    plain = bios.make_corpus(cfg)
+    skewed = bios.make_corpus(bios.BioConfig(**{**cfg.__dict__, "popular_fraction": 0.25, "popular_factor": 5}))
+    assert skewed.facts == plain.facts and skewed.eval_prompts == plain.eval_prompts  # same people, same questions
+    per_person = {}
+    for s in skewed.train:
+        text = skewed.decode(s)
+        person = next(f[0] for f in skewed.facts if f" {f[0]} " in f" {text} ")
+        per_person[person] = per_person.get(person, 0) + 1
+    base = len(plain.train) // 40  # sentences per person without popularity
+    counts = sorted(per_person.values())
+    assert counts == [base] * 30 + [5 * base] * 10  # a quarter of the people, five times as often
+    assert len(skewed.train) == len(plain.train) + 10 * 4 * base
+    for bad in ({"popular_fraction": 1.5}, {"popular_factor": 0}):
+        with pytest.raises(ValueError, match="popular"):
+            bios.make_corpus(bios.BioConfig(**{**cfg.__dict__, **bad}))
+
+
 def test_model_flops_are_matched():
     corpus = bios.make_corpus(lm.PRESETS["tiny"].corpus)
     cfgs = lm.model_configs(lm.PRESETS["tiny"].model, len(corpus.vocab), 16)
@@ -60,18 +80,27 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert lines[-1].startswith("dense_2x")
 
 
-def test_the_value_pool_trains_in_the_backward():
+@pytest.mark.parametrize("value_optimizer", ["adam", "adagrad_rowwise"])
+def test_the_value_pool_trains_in_the_backward(value_optimizer, monkeypatch):
     """The memory model's shared pool is updated by the fused row-sparse
-    optimizer inside backward: it changes, and never holds a gradient."""
+    optimizer the preset names, inside backward: it changes, and never holds
+    a gradient."""
+    made = []
+    real = lm.SparseRowOptimizer
+    monkeypatch.setattr(lm, "SparseRowOptimizer", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     preset = lm.PRESETS["tiny"]
     corpus = bios.make_corpus(preset.corpus)
     model = lm.LM(len(corpus.vocab), 16, preset.model)
     before = model.pool.weight.detach().clone()
-    preset = lm.Preset(preset.corpus, preset.model, steps=2, batch=8, eval_every=2)
+    preset = lm.Preset(preset.corpus, preset.model, steps=2, batch=8, eval_every=2, value_optimizer=value_optimizer)
     lm.train_model("memory", model, corpus, preset, torch.device("cpu"), 0, 16, log=lambda s: None)
     assert model.pool.weight.grad is None
     changed = (model.pool.weight.detach() != before).any(dim=1)
     assert 0 < int(changed.sum()) < model.pool.weight.shape[0]  # only the rows read were updated
+    assert [o.param_groups[0]["algorithm"] for o in made] == [value_optimizer]
+    state = made[0].state[model.pool.weight]
+    assert set(state) == ({"step", "exp_avg", "exp_avg_sq"} if value_optimizer == "adam" else {"step", "sum"})
+    assert int(state["step"]) == 2
 
 
 def test_several_seeds_end_with_their_means(tmp_path, capsys):

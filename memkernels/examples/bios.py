@@ -79,6 +79,12 @@ class BioConfig:
     last_names: int = 24
     values_per_attribute: int = 32  # distinct values (birth years: the first this many from 1900)
     bios_per_fact: int = 3  # bio sentences per (person, attribute), templates drawn at random
+    # Popularity: this fraction of the people (drawn at random) is written about
+    # popular_factor times as often (each of their sentences repeated), as real
+    # corpora mention some people far more than others. Every fact is still
+    # evaluated once.
+    popular_fraction: float = 0.0
+    popular_factor: int = 1
     seed: int = 0
 
 
@@ -105,6 +111,9 @@ def make_corpus(cfg: BioConfig) -> BioCorpus:
     if cfg.people > cfg.first_names * cfg.last_names:
         raise ValueError(f"BioConfig: {cfg.people} people need at least as many name pairs; got "
                          f"{cfg.first_names} x {cfg.last_names}")
+    if not 0.0 <= cfg.popular_fraction <= 1.0 or cfg.popular_factor < 1:
+        raise ValueError(f"BioConfig: popular_fraction must be in [0, 1] and popular_factor >= 1; got "
+                         f"{cfg.popular_fraction} and {cfg.popular_factor}")
     unknown = [a for a in cfg.attributes if a not in ATTRIBUTES]
     if unknown:
         raise ValueError(f"BioConfig: unknown attributes {unknown}; known: {sorted(ATTRIBUTES)}")
@@ -113,6 +122,10 @@ def make_corpus(cfg: BioConfig) -> BioCorpus:
     firsts = _words(rng, cfg.first_names, 2, taken)
     lasts = _words(rng, cfg.last_names, 2, taken)
     pairs = rng.sample([(f, l) for f in firsts for l in lasts], cfg.people)
+    # Drawn from a generator of their own, so popularity changes how often the
+    # facts are written, not which facts there are.
+    popular = set(random.Random(f"{cfg.seed}-popular").sample(range(cfg.people),
+                                                              round(cfg.popular_fraction * cfg.people)))
     values: Dict[str, List[str]] = {}
     for attr in cfg.attributes:
         kind = ATTRIBUTES[attr][0]
@@ -138,16 +151,16 @@ def make_corpus(cfg: BioConfig) -> BioCorpus:
     answers: Dict[str, List[int]] = {"train_phrasing": [], "held_out": []}
     facts = []
     bos, eos = index["<bos>"], index["<eos>"]
-    for first, last in pairs:
+    for person, (first, last) in enumerate(pairs):
         name = f"{first} {last}"
+        copies = cfg.popular_factor if person in popular else 1
         for attr in cfg.attributes:
             _, bio_t, q_train, q_held = ATTRIBUTES[attr]
             value = rng.choice(values[attr])
             facts.append((name, attr, value))
-            for t in rng.choices(bio_t, k=cfg.bios_per_fact):
-                train.append([bos] + ids(t.format(n=name, v=value)) + [eos])
-            for q in q_train:
-                train.append([bos] + ids(q.format(n=name)) + ids(value) + [eos])
+            sentences = [t.format(n=name, v=value) for t in rng.choices(bio_t, k=cfg.bios_per_fact)]
+            sentences += [q.format(n=name) + " " + value for q in q_train]
+            train.extend([bos] + ids(text) + [eos] for text in sentences for _ in range(copies))
             q = rng.choice(q_train)
             prompts["train_phrasing"].append([bos] + ids(q.format(n=name)))
             answers["train_phrasing"].append(index[value])

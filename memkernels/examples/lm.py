@@ -70,6 +70,7 @@ class Preset:
     eval_every: int = 100
     eval_limit: int = 0  # facts asked at the evaluations before the last (0: all); the last asks all
     schedule: str = "constant"  # after warm-up: "constant" or "cosine" (decay to 0)
+    value_optimizer: str = "adam"  # the SparseRowOptimizer algorithm of the value pool
 
 
 PRESETS: Dict[str, Preset] = {
@@ -215,7 +216,7 @@ def train_model(name: str, model: LM, corpus: BioCorpus, preset: Preset, device,
     value_opt = None
     for g in groups:
         if g.get("memory_values"):
-            value_opt = SparseRowOptimizer(g["params"], "adam", lr=preset.value_lr, betas=(0.9, 0.98))
+            value_opt = SparseRowOptimizer(g["params"], preset.value_optimizer, lr=preset.value_lr, betas=(0.9, 0.98))
     for b in model.blocks:
         if isinstance(b.mixer, ProductKeyMemory):
             b.mixer.fuse_value_updates(value_opt)  # a shared pool: the same hook each time
@@ -327,7 +328,8 @@ def run(preset_name: str, device: str = "cpu", seed: int = 0, out: Optional[str]
                                                                     "sentences": len(corpus.train),
                                                                     "vocab": len(corpus.vocab)},
                                  "train": {"steps": preset.steps, "batch": preset.batch, "lr": preset.lr,
-                                           "value_lr": preset.value_lr, "schedule": preset.schedule,
+                                           "value_lr": preset.value_lr, "value_optimizer": preset.value_optimizer,
+                                           "schedule": preset.schedule,
                                            "compile": compile},
                                  "models": {}}
     for name in models:
