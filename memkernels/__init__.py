@@ -3,7 +3,8 @@
 Ops (each with CPU and CUDA kernels, autograd and torch.compile support):
 
 - :func:`embedding_bag`: weighted fixed-size embedding bag with an atomic-free,
-  deterministic backward (dense or row-sparse value gradient).
+  deterministic backward (dense or row-sparse value gradient); on CUDA its
+  bad indices are reported without synchronising (:func:`check_index_errors`).
 - :func:`pk_topk`: product-key top-k scoring (half-scores, per-half top-k,
   k x k candidates, their top-k), differentiable through the selected pairs.
 - :func:`sparse_row_update` and :func:`embedding_bag_backward_update`:
@@ -28,12 +29,14 @@ from ._load import load_extension as _load_extension
 _C = _load_extension()  # loads memkernels._C, which registers torch.ops.memkernels
 
 from . import nn, ops, optim, reference  # noqa: E402
-from .ops import RowUpdate, embedding_bag, embedding_bag_backward_update, pk_topk, sparse_row_update  # noqa: E402
+from .ops import (  # noqa: E402
+    RowUpdate, check_index_errors, embedding_bag, embedding_bag_backward_update, pk_topk, sparse_row_update,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["embedding_bag", "pk_topk", "sparse_row_update", "embedding_bag_backward_update", "RowUpdate", "nn",
-           "ops", "optim", "build_info", "reference", "__version__"]
+__all__ = ["embedding_bag", "check_index_errors", "pk_topk", "sparse_row_update", "embedding_bag_backward_update",
+           "RowUpdate", "nn", "ops", "optim", "build_info", "reference", "__version__"]
 
 
 def build_info() -> dict:

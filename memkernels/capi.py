@@ -21,7 +21,7 @@ import ctypes as C
 import os
 from typing import Optional, Tuple
 
-ABI_VERSION = 3  # MK_ABI_VERSION of the header these bindings were written for
+ABI_VERSION = 4  # MK_ABI_VERSION of the header these bindings were written for
 
 # mk_status
 (OK, ERR_INVALID_ARGUMENT, ERR_INDEX_OUT_OF_RANGE, ERR_UNSUPPORTED, ERR_CUDA, ERR_WORKSPACE_TOO_SMALL,
@@ -66,7 +66,7 @@ class EmbeddingBagFwdArgs(C.Structure):
         ("values", C.c_void_p), ("values_row_stride", C.c_int64),
         ("indices", C.c_void_p), ("weights", C.c_void_p), ("out", C.c_void_p),
         ("check_indices", C.c_int), ("bad_position", C.POINTER(C.c_int64)),
-        ("error_flag", C.c_void_p), ("num_threads", C.c_int),
+        ("error_flag", C.c_void_p), ("num_threads", C.c_int), ("reporter", C.c_void_p),
     ]
 
 
@@ -126,11 +126,16 @@ class PkTopkBwdArgs(C.Structure):
     ]
 
 
+class IndexReport(C.Structure):
+    """What an mk_index_reporter publishes (mk_index_reporter_poll)."""
+    _fields_ = [("position", C.c_int64), ("value", C.c_int64), ("num_rows", C.c_int64), ("bag_size", C.c_int64)]
+
+
 _STRUCTS = {
     b"mk_embedding_bag_fwd_args": EmbeddingBagFwdArgs, b"mk_embedding_bag_bwd_args": EmbeddingBagBwdArgs,
     b"mk_row_update": RowUpdate, b"mk_sparse_row_update_args": SparseRowUpdateArgs,
     b"mk_pk_select_args": PkSelectArgs, b"mk_pk_topk_args": PkTopkArgs,
-    b"mk_pk_topk_bwd_args": PkTopkBwdArgs,
+    b"mk_pk_topk_bwd_args": PkTopkBwdArgs, b"mk_index_report": IndexReport,
 }
 
 
@@ -165,8 +170,12 @@ class Library:
         for name in ("mk_embedding_bag_forward", "mk_embedding_bag_backward_workspace_size",
                      "mk_embedding_bag_backward_plan", "mk_embedding_bag_backward_count",
                      "mk_embedding_bag_backward_reduce", "mk_pk_select", "mk_pk_topk_fused", "mk_sparse_row_update",
-                     "mk_cuda_device_check"):
+                     "mk_cuda_device_check", "mk_index_reporter_create", "mk_index_reporter_poll"):
             getattr(lib, name).restype = C.c_int
+        lib.mk_index_reporter_create.argtypes = [C.c_int, C.POINTER(C.c_void_p)]
+        lib.mk_index_reporter_poll.argtypes = [C.c_void_p, C.POINTER(IndexReport), C.POINTER(C.c_int)]
+        lib.mk_index_reporter_destroy.restype = None
+        lib.mk_index_reporter_destroy.argtypes = [C.c_void_p]
         self.lib = lib
 
     def build_info(self) -> str:

@@ -253,7 +253,7 @@ class _ShardedBag(torch.autograd.Function):
         if usage is not None:
             flat = all_idx.reshape(-1).long()
             usage.index_add_(0, flat, torch.ones_like(flat, dtype=usage.dtype))
-        part = torch.ops.memkernels.embedding_bag.default(local, all_idx, all_w, False, False)  # [sum(counts), Dp]
+        part = torch.ops.memkernels.embedding_bag.default(local, all_idx, all_w, False, "off")  # [sum(counts), Dp]
         recv = sh.exchange(part, send=counts, recv=[T] * P)  # [P * T, Dp]: rank r's columns of my tokens
         _COMM["outputs"] += (sum(counts) - T) * Dp * part.element_size()
         out = recv.view(P, T, Dp).transpose(0, 1).reshape(T, P * Dp)

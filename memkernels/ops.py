@@ -10,7 +10,7 @@ autograd (what ``memkernels.optim.SparseRowOptimizer.fuse`` uses).
 """
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ def embedding_bag(
     weights: Tensor,
     *,
     sparse: bool = False,
-    check_indices: bool = True,
+    check_indices: Union[str, bool] = "deferred",
 ) -> Tensor:
     """Weighted embedding bag over fixed-size bags.
 
@@ -44,11 +44,20 @@ def embedding_bag(
         sparse: if True, the gradient to ``values`` is a coalesced sparse COO
             tensor holding only the touched rows (sorted, distinct), as with
             ``nn.EmbeddingBag(sparse=True)``; use with ``torch.optim.SparseAdam``.
-        check_indices: if True (default) an index outside ``[0, N)`` raises
-            ``IndexError`` naming its position and value. On CUDA this costs
-            one device-to-host synchronisation per call; with False there is
-            none, and a bad index is skipped (never read or written) instead
-            of reported.
+        check_indices: how an index outside ``[0, N)`` is reported. On
+            every device and in every mode it is skipped: never read or
+            written, its term left out. It then raises ``IndexError`` naming
+            its position and value:
+
+            - ``"deferred"`` (default): on CUDA without synchronising the
+              host (CUDA-graph safe). The device publishes the call's first
+              bad index to host memory; the next ``embedding_bag`` call on
+              that device raises it, or :func:`check_index_errors` does.
+            - ``"sync"`` (or True): at this call; on CUDA it waits for the
+              device (one host synchronisation per call; for debugging).
+            - ``"off"`` (or False): never reported.
+
+            On the CPU both checked modes raise at the call.
 
     Returns:
         ``[T, D]`` in the values' dtype, accumulated in float32 (float64 for
@@ -57,7 +66,8 @@ def embedding_bag(
     Raises:
         RuntimeError: wrong dtype, rank, shape, device or stride, naming the
             argument and what was found.
-        IndexError: an index outside ``[0, N)`` (with ``check_indices``).
+        IndexError: an index outside ``[0, N)`` (see ``check_indices``),
+            or one an earlier deferred call on this CUDA device reported.
 
     The backward is atomic-free and bitwise deterministic run to run on each
     device (docs/embedding_bag.md).
@@ -67,9 +77,44 @@ def embedding_bag(
     outside the compiled graph (one graph break), so that its backward
     applies the update; any other lookup is traced into the graph.
     """
+    check = _index_check(check_indices)
     if getattr(values, _UPDATE_MARK, False) and torch.compiler.is_compiling():
-        return _embedding_bag_outside_graph(values, indices, weights, sparse, check_indices)
-    return torch.ops.memkernels.embedding_bag.default(values, indices, weights, sparse, check_indices)
+        return _embedding_bag_outside_graph(values, indices, weights, sparse, check)
+    return torch.ops.memkernels.embedding_bag.default(values, indices, weights, sparse, check)
+
+
+_INDEX_CHECKS = ("deferred", "sync", "off")
+
+
+def _index_check(mode: Union[str, bool]) -> str:
+    if mode is True or mode is False:
+        return "sync" if mode else "off"
+    if mode not in _INDEX_CHECKS:
+        raise ValueError(f"memkernels.embedding_bag: check_indices must be one of {_INDEX_CHECKS} "
+                         f"or a bool; got {mode!r}")
+    return mode
+
+
+def check_index_errors(device=None, synchronize: bool = True) -> None:
+    """Raises the ``IndexError`` of a bad index that a ``check_indices="deferred"``
+    :func:`embedding_bag` call on CUDA ``device`` (default: the current one)
+    met and that no call has raised yet; returns None when there is none.
+
+    With ``synchronize`` (default) it first waits for the device, so every
+    call queued before covers its indices; without, it never blocks and sees
+    the calls the device has already run. Reading a report clears it. A no-op
+    without CUDA (the CPU raises at the call)."""
+    if not torch.cuda.is_available():
+        return
+    dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    if dev.type != "cuda":
+        return
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    if synchronize:
+        torch.cuda.synchronize(index)
+    message = _C.take_index_error(index)
+    if message is not None:
+        raise IndexError(message)
 
 
 @torch.compiler.disable
@@ -91,7 +136,7 @@ def _check_shapes(op: str, values: Tensor, indices: Tensor, weights: Tensor) -> 
 
 
 @torch.library.register_fake("memkernels::embedding_bag")
-def _embedding_bag_fake(values, indices, weights, sparse=False, check_indices=True):
+def _embedding_bag_fake(values, indices, weights, sparse=False, check_indices="deferred"):
     _check_shapes("memkernels.embedding_bag", values, indices, weights)
     return values.new_empty((indices.shape[0], values.shape[1]))
 

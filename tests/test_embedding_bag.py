@@ -280,7 +280,7 @@ def test_opcheck(device, dtype):
     torch.library.opcheck(
         torch.ops.memkernels.embedding_bag.default, (values.requires_grad_(), indices, weights.requires_grad_())
     )
-    torch.library.opcheck(torch.ops.memkernels.embedding_bag.default, (values, indices, weights, True, False))
+    torch.library.opcheck(torch.ops.memkernels.embedding_bag.default, (values, indices, weights, True, "off"))
     torch.library.opcheck(
         torch.ops.memkernels.embedding_bag_backward.default, (grad_out, values.detach(), indices, weights.detach())
     )
@@ -344,29 +344,108 @@ def test_bad_shapes(device):
         memkernels.embedding_bag(values.t().contiguous().t()[:, :3], indices, weights)
 
 
+def _skipped(values, indices, weights, bad_at):
+    """The oracle's bag with the terms at the bad positions left out."""
+    w = weights.clone()
+    for t, j in bad_at:
+        w[t, j] = 0
+    return oracle(values, indices.clamp(0, values.shape[0] - 1), w)
+
+
+@pytest.mark.parametrize("mode", ("deferred", "sync", True))
 @pytest.mark.parametrize("bad", (-1, 10, 2**40))
-def test_index_out_of_range(device, bad):
+def test_index_out_of_range(device, bad, mode):
+    """Sync modes raise at the call (as the CPU always does); the deferred
+    default on CUDA computes the bag without the bad term, does not wait,
+    and raises once asked (check_index_errors) or at the next call."""
     values, indices, weights = make(device, 10, 4, 3, 2)
     indices[2, 1] = bad
-    with pytest.raises(IndexError, match=rf"indices\[2, 1\] = {bad} is outside \[0, 10\)"):
-        memkernels.embedding_bag(values, indices, weights)
+    message = rf"indices\[2, 1\] = {bad} is outside \[0, 10\)"
+    if device == "cpu" or mode != "deferred":
+        with pytest.raises(IndexError, match=message):
+            memkernels.embedding_bag(values, indices, weights, check_indices=mode)
+        memkernels.check_index_errors()  # nothing left behind
+        return
+    out = memkernels.embedding_bag(values, indices, weights)
+    assert_close_to_oracle(out, _skipped(values, indices, weights, [(2, 1)]), torch.float32)
+    with pytest.raises(IndexError, match=message + r" \(values has 10 rows\); reported by the device"):
+        memkernels.check_index_errors()
+    memkernels.check_index_errors()  # reading the report cleared it
+    good = indices.clamp(0, 9)
+    memkernels.embedding_bag(values, indices, weights)  # reported at the next call on the device
+    torch.cuda.synchronize()
+    with pytest.raises(IndexError, match=message):
+        memkernels.embedding_bag(values, good, weights)
+    memkernels.embedding_bag(values, good, weights, check_indices="sync")
 
 
 def test_index_out_of_range_int32(device):
     values, indices, weights = make(device, 10, 4, 3, 2, index_dtype=torch.int32)
     indices[1, 0] = 99
+    indices[2, 1] = -5  # the first bad position is the one named
     with pytest.raises(IndexError, match=r"indices\[1, 0\] = 99 is outside \[0, 10\)"):
         memkernels.embedding_bag(values, indices, weights)
+        memkernels.check_index_errors()
 
 
-def test_unchecked_bad_index_is_skipped(device):
+@pytest.mark.parametrize("mode", ("off", False))
+def test_unchecked_bad_index_is_skipped(device, mode):
     values, indices, weights = make(device, 10, 4, 3, 2)
     indices[1, 1] = 1000
-    out = memkernels.embedding_bag(values, indices, weights, check_indices=False)
-    w = weights.clone()
-    w[1, 1] = 0
-    ref = oracle(values, indices.clamp(max=9), w)
-    assert_close_to_oracle(out, ref, torch.float32)
+    out = memkernels.embedding_bag(values, indices, weights, check_indices=mode)
+    assert_close_to_oracle(out, _skipped(values, indices, weights, [(1, 1)]), torch.float32)
+    memkernels.check_index_errors()  # never reported
+
+
+def test_unknown_check_mode(device):
+    values, indices, weights = make(device, 10, 4, 3, 2)
+    with pytest.raises(ValueError, match=r"check_indices must be one of \('deferred', 'sync', 'off'\)"):
+        memkernels.embedding_bag(values, indices, weights, check_indices="always")
+    with _raises(r'check_indices must be "deferred", "sync" or "off"; got "always"'):
+        torch.ops.memkernels.embedding_bag(values, indices, weights, False, "always")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("weights_grad", (False, True))
+def test_cuda_graph_capture_forward_and_backward(weights_grad):
+    """The default call never synchronises the host: forward and dense
+    backward (and the capacity form of the row-sparse one) are captured in a
+    CUDA graph and replayed on new indices with the eager results, bit for
+    bit; a bad index met during a replay is reported afterwards."""
+    N, D, T, B = 300, 64, 16, 8
+    values, indices, weights = make("cuda", N, D, T, B)
+    v = values.clone().requires_grad_()
+    w = weights.clone().requires_grad_(weights_grad)
+    static_idx, static_gout = indices.clone(), torch.randn(T, D, device="cuda")
+    sparse_op = torch.ops.memkernels.embedding_bag_backward_sparse.default
+
+    def step():
+        out = memkernels.embedding_bag(v, static_idx, w)
+        grads = torch.autograd.grad(out, (v, w) if weights_grad else (v,), static_gout)
+        rows, row_grads, _ = sparse_op(static_gout, v.detach(), static_idx, w.detach(), False, T * B)
+        return (out,) + grads + (rows, row_grads)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up, outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for trial in range(3):
+        static_idx.copy_(torch.randint(0, N, (T, B), device="cuda"))
+        static_gout.copy_(torch.randn(T, D, device="cuda"))
+        graph.replay()
+        eager = step()
+        for a, b in zip(captured, eager):
+            assert torch.equal(a, b), trial
+    memkernels.check_index_errors()
+    static_idx[3, 5] = N + 7
+    graph.replay()
+    with pytest.raises(IndexError, match=rf"indices\[3, 5\] = {N + 7} is outside \[0, {N}\)"):
+        memkernels.check_index_errors()
 
 
 @pytest.mark.cuda

@@ -253,6 +253,7 @@ size_t mk_struct_size(const char* name) {
   if (n == "mk_pk_topk_args") return sizeof(mk_pk_topk_args);
   if (n == "mk_row_update") return sizeof(mk_row_update);
   if (n == "mk_sparse_row_update_args") return sizeof(mk_sparse_row_update_args);
+  if (n == "mk_index_report") return sizeof(mk_index_report);
   return 0;
 }
 
@@ -424,13 +425,29 @@ mk_status mk_pk_topk_backward(const mk_pk_topk_bwd_args* a, void* workspace, siz
 }
 
 #ifndef MK_WITH_CUDA
-// With CUDA, device_cuda.cu defines it.
+// With CUDA, device_cuda.cu and index_report_cuda.cu define these.
 mk_status mk_cuda_device_check(int device, int* major, int* minor) {
   (void)device;
   (void)major;
   (void)minor;
   return MK_ERR_UNSUPPORTED;
 }
+
+mk_status mk_index_reporter_create(int device, mk_index_reporter** out) {
+  (void)device;
+  if (out) *out = nullptr;
+  return MK_ERR_UNSUPPORTED;
+}
+
+// No reporter can exist in this build.
+mk_status mk_index_reporter_poll(mk_index_reporter* reporter, mk_index_report* report, int* found) {
+  (void)reporter;
+  (void)report;
+  if (found) *found = 0;
+  return MK_ERR_INVALID_ARGUMENT;
+}
+
+void mk_index_reporter_destroy(mk_index_reporter* reporter) { (void)reporter; }
 #endif
 
 mk_status mk_pk_select(const mk_pk_select_args* args, mk_device device, void* stream) {

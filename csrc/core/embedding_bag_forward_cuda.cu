@@ -4,6 +4,7 @@
 
 #include "cuda_internal.cuh"
 #include "embedding_bag_internal.h"
+#include "index_report_internal.h"
 
 namespace mk {
 namespace {
@@ -23,6 +24,7 @@ struct FwdParams {
   const acc_t<V>* weights;
   V* out;
   int32_t* error_flag;
+  unsigned long long* first_bad;  // a reporter's slot: the first bad flat position (atomicMin)
   int64_t N, D, T, B, stride;
 };
 
@@ -57,6 +59,8 @@ __global__ void __launch_bounds__(kBlockThreads) eb_forward_kernel(FwdParams<V, 
         my_w = bw[j0 + lane];
         if (r >= 0 && r < p.N) {
           my_row = r;
+        } else if (p.first_bad) {
+          atomicMin(p.first_bad, (unsigned long long)(t * p.B + j0 + lane));
         } else if (p.error_flag) {
           *p.error_flag = 1;  // every writer stores the same value
         }
@@ -106,6 +110,12 @@ mk_status forward(const mk_embedding_bag_fwd_args& a, cudaStream_t stream) {
   p.weights = static_cast<const acc_t<V>*>(a.weights);
   p.out = static_cast<V*>(a.out);
   p.error_flag = a.check_indices ? a.error_flag : nullptr;
+  p.first_bad = nullptr;
+  if (a.check_indices && a.reporter) {
+    const mk_status st = reporter_check_device(a.reporter);
+    if (st != MK_OK) return st;
+    p.first_bad = reporter_slot(a.reporter);
+  }
   p.N = a.num_rows;
   p.D = a.dim;
   p.T = a.num_bags;
@@ -113,12 +123,14 @@ mk_status forward(const mk_embedding_bag_fwd_args& a, cudaStream_t stream) {
   p.stride = a.values_row_stride;
   constexpr int VEC = int(16 / sizeof(V));
   const bool vec = can_vectorize<V>(p.D, {{p.values, p.stride}, {p.out, p.D}});
-  if (vec) {
-    if (p.D <= 64 * VEC) return launch_forward<V, I, VEC, 1>(p, stream);
-    return launch_forward<V, I, VEC, 4>(p, stream);
-  }
-  if (p.D <= 64) return launch_forward<V, I, 1, 1>(p, stream);
-  return launch_forward<V, I, 1, 4>(p, stream);
+  mk_status st;
+  if (vec)
+    st = p.D <= 64 * VEC ? launch_forward<V, I, VEC, 1>(p, stream) : launch_forward<V, I, VEC, 4>(p, stream);
+  else
+    st = p.D <= 64 ? launch_forward<V, I, 1, 1>(p, stream) : launch_forward<V, I, 1, 4>(p, stream);
+  if (st != MK_OK || !p.first_bad) return st;
+  return publish_bad_index(a.reporter, p.first_bad, a.indices, a.index_dtype, p.T * p.B, p.N, p.B,
+                           stream);
 }
 
 }  // namespace

@@ -49,6 +49,7 @@ typedef enum mk_status {
 
 typedef enum mk_dtype { MK_F32 = 0, MK_F16 = 1, MK_BF16 = 2, MK_F64 = 3 } mk_dtype;
 struct mk_row_update; /* defined below, with mk_sparse_row_update */
+struct mk_index_reporter; /* defined below (opaque) */
 typedef enum mk_index_dtype { MK_I32 = 0, MK_I64 = 1 } mk_index_dtype;
 typedef enum mk_device { MK_CPU = 0, MK_CUDA = 1 } mk_device;
 
@@ -68,12 +69,19 @@ typedef struct mk_embedding_bag_fwd_args {
    * return MK_ERR_INDEX_OUT_OF_RANGE and *bad_position (if not NULL) receives
    * the first flat position t*B+j holding one. CUDA: when error_flag (a device
    * int32) is not NULL, a kernel that meets a bad index stores 1 there; the
-   * caller reads it. On both devices a bad index is never dereferenced: its
-   * term is skipped. */
+   * caller reads it. When reporter is set (ABI 4), the first bad index is
+   * published to it instead (see mk_index_reporter): no host round trip. On
+   * both devices a bad index is never dereferenced: its term is skipped. */
   int check_indices;
   int64_t* bad_position;
   int32_t* error_flag;
   int num_threads; /* CPU threads; 0 uses the OpenMP default */
+  /* Added in ABI 4. CUDA, with check_indices != 0: the call records its first
+   * bad position on the device and, after the bag, a one-thread kernel
+   * publishes position and value to this reporter's host-mapped report. The
+   * call never synchronises; the host reads the report whenever it likes
+   * with mk_index_reporter_poll. Ignored on the CPU. */
+  struct mk_index_reporter* reporter;
 } mk_embedding_bag_fwd_args;
 
 typedef struct mk_embedding_bag_bwd_args {
@@ -241,10 +249,41 @@ typedef struct mk_pk_topk_bwd_args {
   int num_threads;          /* CPU threads; 0 uses the OpenMP default */
 } mk_pk_topk_bwd_args;
 
+/* A bad index a CUDA call met, as a reporter publishes it (ABI 4). */
+typedef struct mk_index_report {
+  int64_t position; /* flat position t*bag_size + j of the call's first bad index */
+  int64_t value;    /* the index found there */
+  int64_t num_rows; /* that call's N */
+  int64_t bag_size; /* that call's B: position / bag_size is the bag */
+} mk_index_report;
+
+/* Where CUDA calls report bad indices without synchronising the host (ABI 4):
+ * a small report in mapped, page-locked host memory that the device writes
+ * (only when a call met a bad index) and the host reads with a plain load,
+ * plus a ring of device slots in which each call's kernels find its first bad
+ * position. The report holds the earliest unread one: later reports are
+ * dropped until it is polled. One reporter serves every stream of its device;
+ * a call takes the next slot of a ring of 256, so up to 256 calls may be in
+ * flight on other streams at once. Safe to use from several host threads. */
+typedef struct mk_index_reporter mk_index_reporter;
+
+/* Allocates a reporter for CUDA device `device` (synchronous, once per device:
+ * call it before capturing a CUDA graph that uses it). MK_ERR_UNSUPPORTED in
+ * a build without CUDA. */
+MK_API mk_status mk_index_reporter_create(int device, mk_index_reporter** out);
+/* Never blocks: when a report is waiting, copies it to *report (if not NULL),
+ * clears it and sets *found to 1; otherwise sets *found to 0. A report
+ * appears once the device has run the call that met the bad index: to be
+ * sure every earlier call is covered, synchronise the device first. */
+MK_API mk_status mk_index_reporter_poll(mk_index_reporter* reporter, mk_index_report* report,
+                                        int* found);
+/* Frees it; no call that uses it may still be queued. */
+MK_API void mk_index_reporter_destroy(mk_index_reporter* reporter);
+
 /* The ABI's version: raised whenever a struct's layout or a function's
  * signature or meaning changes incompatibly. A caller compiled against this
  * header checks mk_abi_version() == MK_ABI_VERSION before its first call. */
-#define MK_ABI_VERSION 3
+#define MK_ABI_VERSION 4
 MK_API int mk_abi_version(void);
 
 MK_API const char* mk_status_string(mk_status status);

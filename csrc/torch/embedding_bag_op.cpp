@@ -2,7 +2,12 @@
 // calls into the core for the forward, the backward (dense and row-sparse
 // value gradients) and the backward fused with a row-sparse optimizer update.
 #include <ATen/Parallel.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
+#include <array>
+#include <atomic>
+#include <mutex>
+#include <sstream>
 
 #include "checks.h"
 #include "cpu_buffer_pool.h"
@@ -45,8 +50,10 @@ at::Tensor check_inputs(const char* op, const at::Tensor& values, const at::Tens
   return weights.to(acc_dtype(values.scalar_type())).contiguous();
 }
 
-// Names the first index outside [0, N) in an error. Only reached on failure.
-[[noreturn]] void report_bad_index(const at::Tensor& indices, int64_t num_rows) {
+// Names the first index outside [0, N) in an error, or raises `otherwise`
+// when there is none. Only reached on failure.
+[[noreturn]] void report_bad_index(const at::Tensor& indices, int64_t num_rows,
+                                   const std::string& otherwise = "") {
   const at::Tensor flat = indices.reshape({-1}).to(at::kCPU, at::kLong);
   const int64_t* p = flat.data_ptr<int64_t>();
   const int64_t B = indices.size(1);
@@ -56,7 +63,33 @@ at::Tensor check_inputs(const char* op, const at::Tensor& values, const at::Tens
                         " is outside [0, ", num_rows, ") (values has ", num_rows, " rows)");
     }
   }
+  TORCH_CHECK_INDEX(otherwise.empty(), otherwise);
   TORCH_CHECK_INDEX(false, kFwd, ": an index is outside [0, ", num_rows, ")");
+}
+
+// One reporter per CUDA device, made at its first checked call and kept for
+// the life of the process (a forward queued at exit may still use it).
+constexpr int kMaxDevices = 64;
+std::array<std::atomic<mk_index_reporter*>, kMaxDevices> reporters{};
+std::mutex reporters_mutex;
+
+mk_index_reporter* reporter_for(int device) {
+  TORCH_CHECK(device >= 0 && device < kMaxDevices, kFwd, ": CUDA device ", device,
+              " is past the ", kMaxDevices, " this build tracks");
+  mk_index_reporter* r = reporters[device].load(std::memory_order_acquire);
+  if (r) return r;
+  std::lock_guard<std::mutex> lock(reporters_mutex);
+  r = reporters[device].load(std::memory_order_relaxed);
+  if (!r) {
+    check_status(mk_index_reporter_create(device, &r), "memkernels: making the bad-index reporter");
+    reporters[device].store(r, std::memory_order_release);
+  }
+  return r;
+}
+
+void raise_reported(int device) {
+  const std::string message = take_index_error(device);
+  TORCH_CHECK_INDEX(message.empty(), message);
 }
 
 mk_embedding_bag_bwd_args backward_args(const at::Tensor& grad_out, const at::Tensor& values,
@@ -105,8 +138,40 @@ at::Tensor plan_backward(const mk_embedding_bag_bwd_args& a, const at::Tensor& v
 
 }  // namespace
 
+IndexCheck parse_index_check(c10::string_view mode) {
+  if (mode == "deferred") return IndexCheck::Deferred;
+  if (mode == "sync") return IndexCheck::Sync;
+  if (mode == "off") return IndexCheck::Off;
+  TORCH_CHECK(false, kFwd, ": check_indices must be \"deferred\", \"sync\" or \"off\"; got \"",
+              std::string(mode), "\"");
+  return IndexCheck::Off;  // not reached
+}
+
+std::string take_index_error(int device) {
+  if (device < 0 || device >= kMaxDevices) return "";
+  mk_index_reporter* r = reporters[device].load(std::memory_order_acquire);
+  if (!r) return "";
+  mk_index_report rep{};
+  int found = 0;
+  check_status(mk_index_reporter_poll(r, &rep, &found), "memkernels: reading the bad-index report");
+  if (!found) return "";
+  const int64_t B = rep.bag_size > 0 ? rep.bag_size : 1;
+  std::ostringstream m;
+  m << kFwd << ": indices[" << rep.position / B << ", " << rep.position % B << "] = " << rep.value
+    << " is outside [0, " << rep.num_rows << ") (values has " << rep.num_rows
+    << " rows); reported by the device for a call on cuda:" << device
+    << " made earlier without synchronising (check_indices=\"deferred\"), which skipped that "
+       "index: its term was left out";
+  return m.str();
+}
+
 at::Tensor embedding_bag_forward(const at::Tensor& values, const at::Tensor& indices_in,
-                                 const at::Tensor& weights, bool check_indices, Backend be) {
+                                 const at::Tensor& weights, IndexCheck check, Backend be) {
+  const bool check_indices = check != IndexCheck::Off;
+  const int device = be.device == MK_CUDA ? int(values.get_device()) : -1;
+  // A bad index an earlier call on this device reported: raised before any
+  // more work is queued.
+  if (device >= 0) raise_reported(device);
   at::Tensor weights_acc = check_inputs(kFwd, values, indices_in, weights);
   at::Tensor indices = indices_in.contiguous();
   const int64_t T = indices.size(0), D = values.size(1), N = values.size(0);
@@ -129,15 +194,18 @@ at::Tensor embedding_bag_forward(const at::Tensor& values, const at::Tensor& ind
   a.num_threads = at::get_num_threads();
   int64_t bad = -1;
   a.bad_position = &bad;
-  at::Tensor flag;
-  if (check_indices && be.device == MK_CUDA) {
-    flag = at::zeros({1}, indices.options().dtype(at::kInt));
-    a.error_flag = flag.data_ptr<int32_t>();
-  }
+  if (check_indices && device >= 0) a.reporter = reporter_for(device);
   mk_status st = mk_embedding_bag_forward(&a, be.device, be.stream);
-  if (st == MK_ERR_INDEX_OUT_OF_RANGE) report_bad_index(indices, N);
+  if (st == MK_ERR_INDEX_OUT_OF_RANGE) report_bad_index(indices, N);  // the CPU's check
   check_status(st, kFwd);
-  if (flag.defined() && flag.item<int32_t>() != 0) report_bad_index(indices, N);
+  if (check == IndexCheck::Sync && device >= 0) {
+    // The one mode that waits for the device: the report is then this call's.
+    c10::impl::getDeviceGuardImpl(values.device().type())->getStream(values.device()).synchronize();
+    const std::string message = take_index_error(device);
+    // Names this call's first bad position (the report may be another
+    // stream's call, then it is the one raised).
+    if (!message.empty()) report_bad_index(indices, N, message);
+  }
   return out;
 }
 

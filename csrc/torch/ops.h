@@ -24,8 +24,21 @@ struct Backend {
 
 // ---- embedding bag (embedding_bag_op.cpp) ------------------------------------------
 
+// How the forward checks its indices (the schema's check_indices string):
+// Off ("off") never reports a bad index; Deferred ("deferred", the default)
+// reports it without synchronising, raising at a later call on the device or
+// at take_index_error; Sync ("sync") raises at the call itself. The CPU raises
+// at the call in both checked modes. A bad index is never dereferenced.
+enum class IndexCheck { Off, Deferred, Sync };
+IndexCheck parse_index_check(c10::string_view mode);
+
 at::Tensor embedding_bag_forward(const at::Tensor& values, const at::Tensor& indices,
-                                 const at::Tensor& weights, bool check_indices, Backend be);
+                                 const at::Tensor& weights, IndexCheck check, Backend be);
+
+// The message of the bad index CUDA device `device` has reported and no one
+// has read yet (reading it clears it), or "" (never blocks, never
+// synchronises: synchronise first to cover every queued call).
+std::string take_index_error(int device);
 
 // (grad_values dense [N, D], grad_weights [T, B])
 std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(const at::Tensor& grad_out,

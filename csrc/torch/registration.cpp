@@ -28,7 +28,7 @@
 TORCH_LIBRARY(memkernels, m) {
   m.def(
       "embedding_bag(Tensor values, Tensor indices, Tensor weights, bool sparse=False, "
-      "bool check_indices=True) -> Tensor");
+      "str check_indices=\"deferred\") -> Tensor");
   m.def(
       "embedding_bag_backward(Tensor grad_out, Tensor values, Tensor indices, Tensor weights) "
       "-> (Tensor grad_values, Tensor grad_weights)");
@@ -87,9 +87,10 @@ Backend backend_of(const at::Tensor& t) {
 // Each kernel runs under a guard for the device of its first tensor argument.
 at::Tensor embedding_bag(const at::Tensor& values, const at::Tensor& indices,
                          const at::Tensor& weights, bool /*sparse: autograd's concern*/,
-                         bool check_indices) {
+                         c10::string_view check_indices) {
+  const IndexCheck check = parse_index_check(check_indices);
   const c10::DeviceGuard guard(values.device());
-  return embedding_bag_forward(values, indices, weights, check_indices, backend_of(values));
+  return embedding_bag_forward(values, indices, weights, check, backend_of(values));
 }
 
 std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_dense(const at::Tensor& grad_out,
@@ -182,7 +183,25 @@ PyObject* build_info(PyObject*, PyObject*) {
   return PyUnicode_FromString(core.c_str());
 }
 
+// take_index_error(device: int) -> str | None: the bad index CUDA device
+// `device` reported and no one has read yet (reading it clears it).
+PyObject* take_index_error(PyObject*, PyObject* arg) {
+  const long device = PyLong_AsLong(arg);
+  if (device == -1 && PyErr_Occurred()) return nullptr;
+  std::string message;
+  try {
+    message = mkt::take_index_error(int(device));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  if (message.empty()) Py_RETURN_NONE;
+  return PyUnicode_FromString(message.c_str());
+}
+
 PyMethodDef methods[] = {
+    {"take_index_error", take_index_error, METH_O,
+     "The unread bad-index report of a CUDA device (clears it), or None."},
     {"build_info", build_info, METH_NOARGS, "JSON text describing this build."},
     {"value_dtypes", value_dtypes, METH_NOARGS, "Names of the value dtypes the ops take."},
     {nullptr, nullptr, 0, nullptr},

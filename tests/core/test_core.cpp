@@ -117,6 +117,11 @@ void check_case(Case c, double tol) {
 }
 
 void check_errors() {
+  // The reporter: a CUDA object; on the CPU a forward ignores it, and polling
+  // nothing is refused.
+  int found = -1;
+  CHECK(mk_index_reporter_poll(nullptr, nullptr, &found) == MK_ERR_INVALID_ARGUMENT, "poll of no reporter");
+  CHECK(mk_struct_size("mk_index_report") == sizeof(mk_index_report), "mk_index_report size");
   Problem<float> pb({10, 4, 3, 2, false}, 1);
   pb.indices[5] = 10;
   std::vector<float> out, gv, gw;

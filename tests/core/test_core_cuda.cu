@@ -1,6 +1,6 @@
 // CUDA tests of the core through its C ABI: forward and backward (dense and
 // row-sparse) on the GPU against the naive fp64 reference, bitwise
-// determinism run to run, and the device-side bad-index flag.
+// determinism run to run, the device-side bad-index flag and the reporter.
 // Exits 77 (CTest: skipped) when no GPU is present.
 #include <cuda_runtime.h>
 
@@ -159,6 +159,41 @@ void check_bad_index_flag() {
   CHECK(mk_embedding_bag_forward(&f, MK_CUDA, nullptr) == MK_OK, "forward failed");
   CHECK(to_host(flag, 1)[0] == 1, "bad index not flagged");
   CHECK(cudaDeviceSynchronize() == cudaSuccess, "CUDA error after a bad index");
+
+  // The reporter (ABI 4): the first bad position and its value, published
+  // without a host round trip; read once; a clean call publishes nothing.
+  mk_index_reporter* rep = nullptr;
+  CHECK(mk_index_reporter_create(0, &rep) == MK_OK && rep, "reporter not made");
+  mk_index_report got{};
+  int found = -1;
+  CHECK(mk_index_reporter_poll(rep, &got, &found) == MK_OK && found == 0, "a fresh reporter has a report");
+  pb.indices[10] = -3;  // a later bad position: the earlier one (7) is reported
+  cudaMemcpy(indices, pb.indices.data(), pb.indices.size() * sizeof(int64_t), cudaMemcpyHostToDevice);
+  f.error_flag = nullptr;
+  f.reporter = rep;
+  for (int call = 0; call < 300; ++call) {  // past the ring of slots: each is freed after its call
+    CHECK(mk_embedding_bag_forward(&f, MK_CUDA, nullptr) == MK_OK, "reported forward failed");
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "CUDA error in the reported forward");
+    CHECK(mk_index_reporter_poll(rep, &got, &found) == MK_OK && found == 1, "call %d: no report", call);
+    CHECK(got.position == 7 && got.value == (1 << 20) && got.num_rows == 10 && got.bag_size == 3,
+          "call %d: report (%lld, %lld, %lld, %lld)", call, (long long)got.position, (long long)got.value,
+          (long long)got.num_rows, (long long)got.bag_size);
+    CHECK(mk_index_reporter_poll(rep, &got, &found) == MK_OK && found == 0, "a report read twice");
+  }
+  // Two bad calls before a read: the earlier report is kept.
+  CHECK(mk_embedding_bag_forward(&f, MK_CUDA, nullptr) == MK_OK, "forward failed");
+  pb.indices[7] = 0;
+  cudaMemcpy(indices, pb.indices.data(), pb.indices.size() * sizeof(int64_t), cudaMemcpyHostToDevice);
+  CHECK(mk_embedding_bag_forward(&f, MK_CUDA, nullptr) == MK_OK, "forward failed");
+  cudaDeviceSynchronize();
+  CHECK(mk_index_reporter_poll(rep, &got, &found) == MK_OK && found == 1 && got.position == 7,
+        "the earlier report was not kept");
+  pb.indices[10] = 1;
+  cudaMemcpy(indices, pb.indices.data(), pb.indices.size() * sizeof(int64_t), cudaMemcpyHostToDevice);
+  CHECK(mk_embedding_bag_forward(&f, MK_CUDA, nullptr) == MK_OK, "forward failed");
+  cudaDeviceSynchronize();
+  CHECK(mk_index_reporter_poll(rep, &got, &found) == MK_OK && found == 0, "a clean call reported");
+  mk_index_reporter_destroy(rep);
   cudaFree(values);
   cudaFree(weights);
   cudaFree(indices);
