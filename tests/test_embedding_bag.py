@@ -409,6 +409,33 @@ def test_unknown_check_mode(device):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("D", (3, 40))
+def test_cuda_dense_backward_writes_every_row(D):
+    """The CUDA dense backward zeroes the untouched rows itself (no memset
+    of the whole gradient first): a freed NaN buffer that the allocator hands
+    back would show any row left unwritten. With unchecked bad indices too,
+    where the sort leaves the distinct rows out of order."""
+    N, T, B = 5000, 64, 8
+    values, indices, weights = make("cuda", N, D, T, B)
+    gout = torch.randn(T, D, device="cuda")
+    for bad in (False, True):
+        idx = indices.clone()
+        if bad:
+            idx[3, 2], idx[7, 0], idx[9, 5] = N + 11, -4, 2**33
+        junk = torch.full((N, D), float("nan"), device="cuda")
+        del junk
+        gv, _ = torch.ops.memkernels.embedding_bag_backward(gout, values, idx, weights)
+        valid = (idx >= 0) & (idx < N)
+        touched = torch.zeros(N, dtype=torch.bool, device="cuda")
+        touched[idx[valid]] = True
+        assert bool((gv[~touched] == 0).all()), bad
+        if not bad:
+            _, ref_gv, _ = oracle(values, idx, weights, gout)
+            assert_close_to_oracle(gv, ref_gv, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("weights_grad", (False, True))
 def test_cuda_graph_capture_forward_and_backward(weights_grad):
     """The default call never synchronises the host: forward and dense

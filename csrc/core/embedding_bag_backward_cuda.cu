@@ -335,6 +335,53 @@ __global__ void eb_backward_combine_kernel(BwdParams<V, K> p) {
   }
 }
 
+// Zeroes the dense gradient's rows that no pair touched; the chunk and
+// combine kernels, queued after it on the same stream, write the touched ones.
+// So each row is written once, instead of a memset of all N rows followed by
+// the touched rows again. A warp per block of 32 rows: a binary search finds
+// the first distinct row at or after the block's first, lane i reads the i-th
+// from there, an OR across the warp gives the block's touched rows, and the
+// warp zeroes the others (16-byte streaming stores where the rows allow).
+// Unchecked bad indices can leave the distinct rows out of order (the sort
+// looks at the low bits only): a touched row may then be zeroed as well,
+// which is harmless since its gradient is written after; an untouched row is
+// never skipped, as only a distinct row below N sets a bit.
+template <class V, class K, int VEC>
+__global__ void __launch_bounds__(kBlockThreads)
+    eb_zero_untouched_kernel(V* grad, const K* unique, const int32_t* counters, int64_t N, int64_t D) {
+  const int32_t n_unique = counters[kNumUnique];
+  const int lane = threadIdx.x & 31;
+  const int64_t blocks = (N + 31) / 32;
+  const int64_t stride_w = int64_t(gridDim.x) * kWarpsPerBlock;
+  for (int64_t b = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5); b < blocks;
+       b += stride_w) {
+    const uint64_t r0 = uint64_t(b) * 32;
+    int32_t lo = 0, hi = n_unique;  // the first s with unique[s] >= r0
+    while (lo < hi) {
+      const int32_t mid = (lo + hi) >> 1;
+      if (uint64_t(unique[mid]) < r0) lo = mid + 1; else hi = mid;
+    }
+    uint32_t touched = 0;
+    if (lo + lane < n_unique) {
+      const uint64_t u = uint64_t(unique[lo + lane]);
+      if (u >= r0 && u < r0 + 32 && u < uint64_t(N)) touched = 1u << (u - r0);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) touched |= __shfl_xor_sync(kFullMask, touched, o);
+    const int rows = N - int64_t(r0) < 32 ? int(N - int64_t(r0)) : 32;
+    for (int i = 0; i < rows; ++i) {
+      if ((touched >> i) & 1u) continue;
+      V* row = grad + (int64_t(r0) + i) * D;
+      if constexpr (VEC > 1) {
+        uint4* v = reinterpret_cast<uint4*>(row);
+        for (int64_t c = lane; c < D / VEC; c += 32) __stcs(v + c, make_uint4(0u, 0u, 0u, 0u));
+      } else {
+        for (int64_t c = lane; c < D; c += 32) row[c] = from_acc<V>(acc_t<V>(0));
+      }
+    }
+  }
+}
+
 template <class V, class K, int VEC, int NV>
 mk_status launch_chunks(const BwdParams<V, K>& p, int64_t max_chunks, cudaStream_t stream) {
   eb_backward_chunks_kernel<V, K, VEC, NV><<<warp_grid(max_chunks), kBlockThreads, 0, stream>>>(p);
@@ -348,7 +395,7 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   using K = typename std::make_unsigned<I>::type;
   using A = acc_t<V>;
   const int64_t P = a.num_bags * a.bag_size;
-  if (a.grad_values)
+  if (a.grad_values && P == 0)
     MK_CUDA_TRY(cudaMemsetAsync(a.grad_values, 0,
                                 size_t(a.num_rows) * size_t(a.dim) * sizeof(V), stream));
   if (P == 0) {
@@ -388,10 +435,19 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   p.B = a.bag_size;
   p.stride = a.values_row_stride;
   p.C = eb_chunk_size(a.bag_size);
+  constexpr int VEC = int(16 / sizeof(V));
+  if (p.grad_dense && p.N > 0) {
+    // Before the kernels that write the touched rows (see the kernel).
+    const unsigned grid = warp_grid((p.N + 31) / 32);
+    if (can_vectorize<V>(p.D, {{p.grad_dense, p.D}}))
+      eb_zero_untouched_kernel<V, K, VEC><<<grid, kBlockThreads, 0, stream>>>(p.grad_dense, p.unique, p.counters, p.N, p.D);
+    else
+      eb_zero_untouched_kernel<V, K, 1><<<grid, kBlockThreads, 0, stream>>>(p.grad_dense, p.unique, p.counters, p.N, p.D);
+    MK_LAUNCH_CHECK();
+  }
   if (!p.grad_weights && !p.grad_dense && !p.grad_sparse && !p.grad_sparse_acc) return MK_OK;
 
   const int64_t max_chunks = P + P / p.C;
-  constexpr int VEC = int(16 / sizeof(V));
   const bool vec = can_vectorize<V>(
       p.D, {{p.values, p.stride}, {p.grad_out, p.D}, {p.grad_dense, p.D}, {p.grad_sparse, p.D}});
   mk_status st;

@@ -1,0 +1,120 @@
+"""Side-by-side timing of the CUDA embedding bag (forward, and the dense
+backward: plan + reduce) in two builds of the torch-free core library, on the
+same GPU and inputs.
+
+    python bench/ab_embedding_bag.py OLD/libmemkernels_core.so NEW/libmemkernels_core.so
+
+As bench/ab_pk_select.py: each build is called through the C ABI on torch
+tensors, the builds' outputs must be equal bit for bit, and the calls are
+interleaved and timed with CUDA events (medians). The shape is the paper's
+(N=1M rows, D=4096, T=4096 bags, bf16 values, fp32 weights, int64 indices) at
+B=32 and 128. The argument structs are this tree's (memkernels.capi); a
+baseline build of an older ABI reads the fields it knows (fields are only
+ever appended). Without a GPU it runs the same comparison on the CPU at a
+small shape (a check of the script itself).
+"""
+import ctypes as C
+import statistics
+import sys
+import time
+
+import torch
+
+from memkernels.capi import BF16, I64, EmbeddingBagBwdArgs, EmbeddingBagFwdArgs
+
+
+
+def load(path):
+    lib = C.CDLL(path)
+    for name in ("mk_embedding_bag_forward", "mk_embedding_bag_backward_workspace_size",
+                 "mk_embedding_bag_backward_plan", "mk_embedding_bag_backward_reduce"):
+        getattr(lib, name).restype = C.c_int
+    return lib
+
+
+def check(status, what):
+    assert status == 0, f"{what} returned {status}"
+
+
+def device_of(t):
+    return 1 if t.is_cuda else 0  # MK_CUDA, MK_CPU
+
+
+def forward(lib, values, idx, w, out, stream):
+    N, D = values.shape
+    T, B = idx.shape
+    a = EmbeddingBagFwdArgs(N, D, T, B, BF16, I64, values.data_ptr(), D, idx.data_ptr(), w.data_ptr(),
+                            out.data_ptr(), 0, None, None, 0)
+    check(lib.mk_embedding_bag_forward(C.byref(a), device_of(values), stream), "forward")
+
+
+def backward(lib, values, idx, w, gout, gv, gw, ws, stream):
+    N, D = values.shape
+    T, B = idx.shape
+    a = EmbeddingBagBwdArgs(N, D, T, B, BF16, I64, values.data_ptr(), D, idx.data_ptr(), w.data_ptr(),
+                            gout.data_ptr(), gw.data_ptr(), gv.data_ptr(), None, None, 0, None, 0)
+    size = C.c_size_t(0)
+    dev = device_of(values)
+    check(lib.mk_embedding_bag_backward_workspace_size(C.byref(a), dev, C.byref(size)), "workspace size")
+    if ws[0] is None or ws[0].numel() < size.value:
+        ws[0] = torch.empty(max(1, size.value), dtype=torch.uint8, device=values.device)
+    p = C.c_void_p(ws[0].data_ptr())
+    check(lib.mk_embedding_bag_backward_plan(C.byref(a), p, size, dev, stream), "plan")
+    check(lib.mk_embedding_bag_backward_reduce(C.byref(a), p, size, dev, stream), "reduce")
+
+
+def timed(fn, device):
+    if device == "cpu":
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    fn()
+    e1.record()
+    e1.synchronize()
+    return e0.elapsed_time(e1)
+
+
+def main(paths, N=1 << 20, D=4096, T=4096, bags=(32, 128), reps=10):
+    libs = [load(p) for p in paths]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        N, D, T, reps = 1 << 14, 64, 256, 3
+    stream = C.c_void_p(torch.cuda.current_stream().cuda_stream if device == "cuda" else None)
+    g = torch.Generator(device=device).manual_seed(0)
+    print(f"device {device}: N={N} D={D} T={T}, bf16 values, fp32 weights, int64 indices")
+    values = torch.randn(N, D, generator=g, device=device).bfloat16()
+    print(f"{'B':>4}{'part':>10}" + "".join(f"{'build ' + str(i) + ' ms':>14}" for i in range(len(libs)))
+          + "   ratio (first / last)   equal")
+    for B in bags:
+        idx = torch.randint(0, N, (T, B), generator=g, device=device)
+        w = torch.rand(T, B, generator=g, device=device)
+        gout = torch.randn(T, D, generator=g, device=device).bfloat16()
+        outs = [torch.empty(T, D, device=device, dtype=torch.bfloat16) for _ in libs]
+        gvs = [torch.empty(N, D, device=device, dtype=torch.bfloat16) for _ in libs]
+        gws = [torch.empty(T, B, device=device) for _ in libs]
+        wss = [[None] for _ in libs]
+        times = {"forward": [[] for _ in libs], "backward": [[] for _ in libs]}
+        for rep in range(reps + 2):
+            for i, lib in enumerate(libs):  # interleaved, so drift hits both
+                gvs[i].fill_(float("nan"))  # stale rows would show in the comparison
+                tf = timed(lambda: forward(lib, values, idx, w, outs[i], stream), device)
+                tb = timed(lambda: backward(lib, values, idx, w, gout, gvs[i], gws[i], wss[i], stream), device)
+                if rep >= 2:
+                    times["forward"][i].append(tf)
+                    times["backward"][i].append(tb)
+        equal = {"forward": all(torch.equal(outs[0], o) for o in outs[1:]),
+                 "backward": all(torch.equal(gvs[0], a) and torch.equal(gws[0], b) for a, b in zip(gvs[1:], gws[1:]))}
+        assert not torch.isnan(gvs[-1]).any(), "a gradient row was left unwritten"
+        for part in ("forward", "backward"):
+            med = [statistics.median(t) for t in times[part]]
+            print(f"{B:>4}{part:>10}" + "".join(f"{m:>14.4f}" for m in med)
+                  + f"   {med[0] / med[-1]:>8.2f}x            {equal[part]}")
+        del gvs, outs, wss
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
