@@ -10,9 +10,11 @@ interleaved and timed with CUDA events (medians). The shape is the paper's
 (N=1M rows, D=4096, T=4096 bags, bf16 values, fp32 weights, int64 indices) at
 B=32 and 128. The argument structs are this tree's (memkernels.capi); a
 baseline build of an older ABI reads the fields it knows (fields are only
-ever appended). Without a GPU it runs the same comparison on the CPU at a
-small shape (a check of the script itself).
+ever appended). Without a GPU it runs the same comparison on the CPU, by
+default at a small shape; --N, --D, --T, --B, --dtype, --reps and
+--forward-only choose others (e.g. an A/B of a CPU kernel change).
 """
+import argparse
 import ctypes as C
 import statistics
 import sys
@@ -20,8 +22,7 @@ import time
 
 import torch
 
-from memkernels.capi import BF16, I64, EmbeddingBagBwdArgs, EmbeddingBagFwdArgs
-
+from memkernels.capi import BF16, F32, I64, EmbeddingBagBwdArgs, EmbeddingBagFwdArgs
 
 
 def load(path):
@@ -40,19 +41,23 @@ def device_of(t):
     return 1 if t.is_cuda else 0  # MK_CUDA, MK_CPU
 
 
+_DTYPES = {"bfloat16": (torch.bfloat16, BF16), "float32": (torch.float32, F32)}
+
+
 def forward(lib, values, idx, w, out, stream):
     N, D = values.shape
     T, B = idx.shape
-    a = EmbeddingBagFwdArgs(N, D, T, B, BF16, I64, values.data_ptr(), D, idx.data_ptr(), w.data_ptr(),
-                            out.data_ptr(), 0, None, None, 0)
+    a = EmbeddingBagFwdArgs(N, D, T, B, _DTYPES[str(values.dtype)[6:]][1], I64, values.data_ptr(), D,
+                            idx.data_ptr(), w.data_ptr(), out.data_ptr(), 0, None, None, 0)
     check(lib.mk_embedding_bag_forward(C.byref(a), device_of(values), stream), "forward")
 
 
 def backward(lib, values, idx, w, gout, gv, gw, ws, stream):
     N, D = values.shape
     T, B = idx.shape
-    a = EmbeddingBagBwdArgs(N, D, T, B, BF16, I64, values.data_ptr(), D, idx.data_ptr(), w.data_ptr(),
-                            gout.data_ptr(), gw.data_ptr(), gv.data_ptr(), None, None, 0, None, 0)
+    a = EmbeddingBagBwdArgs(N, D, T, B, _DTYPES[str(values.dtype)[6:]][1], I64, values.data_ptr(), D,
+                            idx.data_ptr(), w.data_ptr(), gout.data_ptr(), gw.data_ptr(), gv.data_ptr(), None, None,
+                            0, None, 0)
     size = C.c_size_t(0)
     dev = device_of(values)
     check(lib.mk_embedding_bag_backward_workspace_size(C.byref(a), dev, C.byref(size)), "workspace size")
@@ -76,44 +81,67 @@ def timed(fn, device):
     return e0.elapsed_time(e1)
 
 
-def main(paths, N=1 << 20, D=4096, T=4096, bags=(32, 128), reps=10):
-    libs = [load(p) for p in paths]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        N, D, T, reps = 1 << 14, 64, 256, 3
-    stream = C.c_void_p(torch.cuda.current_stream().cuda_stream if device == "cuda" else None)
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("libs", nargs="+", help="libmemkernels_core.so of each build (the first is the baseline)")
+    gpu = torch.cuda.is_available()
+    ap.add_argument("--N", type=int, default=(1 << 20) if gpu else (1 << 14))
+    ap.add_argument("--D", type=int, nargs="+", default=[4096] if gpu else [64])
+    ap.add_argument("--T", type=int, default=4096 if gpu else 256)
+    ap.add_argument("--B", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--dtype", choices=sorted(_DTYPES), default="bfloat16")
+    ap.add_argument("--reps", type=int, default=10 if gpu else 3)
+    ap.add_argument("--forward-only", action="store_true")
+    args = ap.parse_args(argv)
+    libs = [load(p) for p in args.libs]
+    device = "cuda" if gpu else "cpu"
+    dtype = _DTYPES[args.dtype][0]
+    stream = C.c_void_p(torch.cuda.current_stream().cuda_stream if gpu else None)
     g = torch.Generator(device=device).manual_seed(0)
-    print(f"device {device}: N={N} D={D} T={T}, bf16 values, fp32 weights, int64 indices")
-    values = torch.randn(N, D, generator=g, device=device).bfloat16()
-    print(f"{'B':>4}{'part':>10}" + "".join(f"{'build ' + str(i) + ' ms':>14}" for i in range(len(libs)))
+    parts = ("forward",) if args.forward_only else ("forward", "backward")
+    print(f"device {device} (threads {torch.get_num_threads()}): N={args.N} T={args.T}, {args.dtype} values, "
+          f"fp32 weights, int64 indices; medians of {args.reps} interleaved calls")
+    print(f"{'D':>6}{'B':>5}{'part':>10}" + "".join(f"{'build ' + str(i) + ' ms':>14}" for i in range(len(libs)))
           + "   ratio (first / last)   equal")
-    for B in bags:
-        idx = torch.randint(0, N, (T, B), generator=g, device=device)
-        w = torch.rand(T, B, generator=g, device=device)
-        gout = torch.randn(T, D, generator=g, device=device).bfloat16()
-        outs = [torch.empty(T, D, device=device, dtype=torch.bfloat16) for _ in libs]
-        gvs = [torch.empty(N, D, device=device, dtype=torch.bfloat16) for _ in libs]
-        gws = [torch.empty(T, B, device=device) for _ in libs]
-        wss = [[None] for _ in libs]
-        times = {"forward": [[] for _ in libs], "backward": [[] for _ in libs]}
-        for rep in range(reps + 2):
-            for i, lib in enumerate(libs):  # interleaved, so drift hits both
+    for D in args.D:
+        values = torch.randn(args.N, D, generator=g, device=device).to(dtype)
+        for B in args.B:
+            run_case(libs, values, B, args.T, args.reps, parts, g, stream)
+        del values
+
+
+def run_case(libs, values, B, T, reps, parts, g, stream):
+    device = values.device.type
+    N, D = values.shape
+    idx = torch.randint(0, N, (T, B), generator=g, device=device)
+    w = torch.rand(T, B, generator=g, device=device)
+    gout = torch.randn(T, D, generator=g, device=device).to(values.dtype)
+    outs = [torch.empty(T, D, device=device, dtype=values.dtype) for _ in libs]
+    gvs = [torch.empty(N, D, device=device, dtype=values.dtype) for _ in libs] if "backward" in parts else []
+    gws = [torch.empty(T, B, device=device) for _ in libs]
+    wss = [[None] for _ in libs]
+    times = {part: [[] for _ in libs] for part in parts}
+    for rep in range(reps + 2):
+        for i, lib in enumerate(libs):  # interleaved, so drift hits both
+            tf = timed(lambda: forward(lib, values, idx, w, outs[i], stream), device)
+            if rep >= 2:
+                times["forward"][i].append(tf)
+            if gvs:
                 gvs[i].fill_(float("nan"))  # stale rows would show in the comparison
-                tf = timed(lambda: forward(lib, values, idx, w, outs[i], stream), device)
                 tb = timed(lambda: backward(lib, values, idx, w, gout, gvs[i], gws[i], wss[i], stream), device)
                 if rep >= 2:
-                    times["forward"][i].append(tf)
                     times["backward"][i].append(tb)
-        equal = {"forward": all(torch.equal(outs[0], o) for o in outs[1:]),
-                 "backward": all(torch.equal(gvs[0], a) and torch.equal(gws[0], b) for a, b in zip(gvs[1:], gws[1:]))}
+    equal = {"forward": all(torch.equal(outs[0], o) for o in outs[1:])}
+    if gvs:
+        equal["backward"] = all(torch.equal(gvs[0], a) and torch.equal(gws[0], b) for a, b in zip(gvs[1:], gws[1:]))
         assert not torch.isnan(gvs[-1]).any(), "a gradient row was left unwritten"
-        for part in ("forward", "backward"):
-            med = [statistics.median(t) for t in times[part]]
-            print(f"{B:>4}{part:>10}" + "".join(f"{m:>14.4f}" for m in med)
-                  + f"   {med[0] / med[-1]:>8.2f}x            {equal[part]}")
+    for part in parts:
+        med = [statistics.median(t) for t in times[part]]
+        print(f"{D:>6}{B:>5}{part:>10}" + "".join(f"{m:>14.4f}" for m in med)
+              + f"   {med[0] / med[-1]:>8.2f}x            {equal[part]}")
+    if device == "cuda":
         del gvs, outs, wss
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ def run_ours(values, indices, weights, grad_out, sparse=False):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("index_dtype", (torch.int32, torch.int64))
-# D covers each CPU register tiling: 64; 192 + a 8-column scratch tail (200);
-# 3 x 256 + a 192 tile + scratch (1000); 16 x 256 + scratch (4097).
+# D covers the CPU register tilings: one 64 tile; 128 + 64 tiles and an
+# 8-column scratch tail (200); 256 tiles, 64 tiles and scratch (1000, 4097).
 @pytest.mark.parametrize("D", (1, 3, 64, 200, 1000, 4097))
 def test_forward_and_backward(device, dtype, index_dtype, D):
     N, T, B = 50, 9, 6

@@ -53,30 +53,18 @@ MK_INLINE void bag_tile(const FwdView<V, I>& f, int64_t t, int64_t c0) {
   for (int i = 0; i < W; ++i) o[i] = from_acc<V>(acc[i]);
 }
 
-// Bags [t0, t1): column tiles of kTile in registers, then the remaining
-// whole multiples of 64 columns as one register tile (192, 128 or 64 wide:
-// one more pass over the bag, not one per 64 columns), then the last D % 64
-// columns through a scratch row. Every column sums the same terms in the
-// same order whatever its tile, so the tiling never changes the bits.
+// Bags [t0, t1): column tiles of kTile in registers, then tiles of 64 (when
+// kTile is wider), then the last D % 64 columns through a scratch row.
 template <int kTile, class V, class I, class A>
 MK_CLONES void forward_bags(const FwdView<V, I>& f, A* __restrict acc, int64_t t0, int64_t t1) {
   constexpr int64_t kNarrow = 64;
   const int64_t wide_end = f.D / kTile * kTile;
   const int64_t full = kTile > kNarrow ? f.D / kNarrow * kNarrow : wide_end;
-  const int64_t tail = full - wide_end;  // 0, 64, 128 or 192 (less than kTile)
   const int64_t rest = f.D - full;
   const int64_t P = f.T * f.B;
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t c0 = 0; c0 < wide_end; c0 += kTile) bag_tile<kTile, V, I, A>(f, t, c0);
-    if constexpr (kTile > 3 * kNarrow) {
-      if (tail == 3 * kNarrow) bag_tile<3 * kNarrow, V, I, A>(f, t, wide_end);
-    }
-    if constexpr (kTile > 2 * kNarrow) {
-      if (tail == 2 * kNarrow) bag_tile<2 * kNarrow, V, I, A>(f, t, wide_end);
-    }
-    if constexpr (kTile > kNarrow) {
-      if (tail == kNarrow) bag_tile<kNarrow, V, I, A>(f, t, wide_end);
-    }
+    for (int64_t c0 = wide_end; c0 < full; c0 += kNarrow) bag_tile<kNarrow, V, I, A>(f, t, c0);
     if (rest == 0) continue;
     std::fill(acc, acc + rest, A(0));
     for (int64_t j = 0; j < f.B; ++j) {
@@ -124,12 +112,10 @@ mk_status forward(const mk_embedding_bag_fwd_args& a) {
     // Column tiles held in registers: up to 16 AVX-512 vectors, or 8 AVX2
     // ones, enough independent accumulators to hide the FMA latency. The
     // widest tile that fits D, so a row narrower than 256 columns still
-    // sums in registers, in one pass, rather than through the scratch row.
+    // sums in registers rather than through the scratch row.
     const int64_t t0 = T * me / nt, t1 = T * (me + 1) / nt;
     if (wide_vectors() && D >= 256)
       forward_bags<256>(f, acc.data(), t0, t1);
-    else if (wide_vectors() && D >= 192)
-      forward_bags<192>(f, acc.data(), t0, t1);
     else if (wide_vectors() && D >= 128)
       forward_bags<128>(f, acc.data(), t0, t1);
     else
