@@ -50,15 +50,17 @@ def test_popular_people_are_written_about_more_often_and_asked_once():
             bios.make_corpus(bios.BioConfig(**{**cfg.__dict__, **bad}))
 
 
-def test_model_flops_are_matched():
-    corpus = bios.make_corpus(lm.PRESETS["tiny"].corpus)
-    cfgs = lm.model_configs(lm.PRESETS["tiny"].model, len(corpus.vocab), 16)
-    flops = {name: lm.LM(len(corpus.vocab), 16, cfg).flops_per_token(16) for name, cfg in cfgs.items()}
+@pytest.mark.parametrize("preset", sorted(lm.PRESETS))
+def test_model_flops_are_matched(preset):
+    model = lm.PRESETS[preset].model
+    vocab = 300  # the models' FLOPs do not depend on the corpus beyond its vocabulary
+    cfgs = lm.model_configs(model, vocab, 16)
+    flops = {name: lm.LM(vocab, 16, cfg).flops_per_token(16) for name, cfg in cfgs.items()}
     assert abs(flops["memory"] / flops["dense"] - 1) < 0.005
     assert abs(flops["dense_2x"] / flops["dense"] - 2) < 0.02
-    memory_blocks = [b for b in lm.LM(len(corpus.vocab), 16, cfgs["memory"]).blocks
+    memory_blocks = [i for i, b in enumerate(lm.LM(vocab, 16, cfgs["memory"]).blocks)
                      if not isinstance(b.mixer, lm.FeedForward)]
-    assert len(memory_blocks) == len(lm.PRESETS["tiny"].model.memory_layers)
+    assert memory_blocks == list(model.memory_layers)
 
 
 def test_tiny_preset_end_to_end(tmp_path):
@@ -104,11 +106,16 @@ def test_the_value_pool_trains_in_the_backward(value_optimizer, monkeypatch):
 
 
 def test_several_seeds_end_with_their_means(tmp_path, capsys):
-    summary = lm.main(["--preset", "tiny", "--steps", "20", "--seed", "3,5", "--models", "dense,memory",
-                       "--device", "cpu", "--out", str(tmp_path)])
+    threads = torch.get_num_threads()
+    try:
+        summary = lm.main(["--preset", "tiny", "--steps", "20", "--seed", "3,5", "--models", "dense,memory",
+                           "--device", "cpu", "--threads", "1", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
     on_disk = json.loads((tmp_path / "lm_seeds.json").read_text())
     assert on_disk["seeds"] == [3, 5] and on_disk["preset"] == "tiny"
     per_seed = [json.loads((tmp_path / f"seed{s}" / "lm.json").read_text()) for s in (3, 5)]
+    assert [r["train"]["threads"] for r in per_seed] == [1, 1]
     for name in ("dense", "memory"):
         for key in ("acc_train_phrasing", "acc_held_out"):
             vals = [r["models"][name][key] for r in per_seed]
@@ -118,9 +125,9 @@ def test_several_seeds_end_with_their_means(tmp_path, capsys):
     wins = sum(r["models"]["memory"]["acc_held_out"] > r["models"]["dense"]["acc_held_out"] for r in per_seed)
     assert on_disk["memory_wins_held_out"] == {"dense": wins} == summary["memory_wins_held_out"]
     assert "over 2 seeds (3, 5): mean [min, max]" in capsys.readouterr().out
-    for bad in ("1,1", "x", ""):
+    for bad in (["--seed", "1,1"], ["--seed", "x"], ["--seed", ""], ["--threads", "0"]):
         with pytest.raises(SystemExit):
-            lm.main(["--preset", "tiny", "--seed", bad])
+            lm.main(["--preset", "tiny"] + bad)
 
 
 def test_compiled_training_matches_eager_at_the_start():

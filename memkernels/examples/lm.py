@@ -88,6 +88,15 @@ PRESETS: Dict[str, Preset] = {
                   ModelConfig(dim=48, layers=2, heads=4, ffn_hidden=96, memory_layers=(1,), n_keys=32,
                               mem_heads=2, knn=8, k_dim=32),
                   steps=1500, batch=64, lr=1e-2, value_lr=3e-3, eval_every=150),
+    # Minutes per model on one CPU thread: 8192 facts, a tenth of the people
+    # written about 8 times as often, a model small enough that the dense
+    # twin stores about half of the facts, the memory layer in layer 0
+    # (docs/lm_example.md: "A capacity regime").
+    "capacity": Preset(BioConfig(people=4096, attributes=("birth_year", "city"), first_names=64, last_names=64,
+                                 values_per_attribute=64, bios_per_fact=2, popular_fraction=0.1, popular_factor=8),
+                       ModelConfig(dim=32, layers=2, heads=4, ffn_hidden=32, memory_layers=(0,), n_keys=256,
+                                   mem_heads=2, knn=8, k_dim=32),
+                       steps=5000, batch=256, lr=1e-2, value_lr=3e-2, eval_every=1250, eval_limit=2048),
     # A GPU run (never run on a GPU yet): 20 000 facts, about 19 passes over
     # the sentences, a model small enough that its dense twins cannot store
     # them all (docs/lm_example.md); 16k slots.
@@ -330,7 +339,7 @@ def run(preset_name: str, device: str = "cpu", seed: int = 0, out: Optional[str]
                                  "train": {"steps": preset.steps, "batch": preset.batch, "lr": preset.lr,
                                            "value_lr": preset.value_lr, "value_optimizer": preset.value_optimizer,
                                            "schedule": preset.schedule,
-                                           "compile": compile},
+                                           "compile": compile, "threads": torch.get_num_threads()},
                                  "models": {}}
     for name in models:
         cfg = configs[name]
@@ -397,6 +406,8 @@ def main(argv: Optional[Sequence[str]] = None):
     p.add_argument("--steps", type=int, default=None, help="override the preset's training steps")
     p.add_argument("--models", default="dense,memory,dense_2x", help="comma-separated subset of the three models")
     p.add_argument("--compile", action="store_true", help="train through torch.compile (evaluation stays eager)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's); results depend on it (docs/lm_example.md)")
     p.add_argument("--out", default=None, help="folder for lm.json and lm.png (seed<S>/ in it for several seeds, "
                                                "and lm_seeds.json)")
     args = p.parse_args(argv)
@@ -410,6 +421,10 @@ def main(argv: Optional[Sequence[str]] = None):
         seeds = []
     if not seeds or len(set(seeds)) != len(seeds):
         p.error(f"--seed: one integer or distinct comma-separated integers; got {args.seed!r}")
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads: at least 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     log = lambda s: print(s, flush=True)  # noqa: E731
     if len(seeds) == 1:
