@@ -42,12 +42,13 @@ def device_of(t):
 
 
 _DTYPES = {"bfloat16": (torch.bfloat16, BF16), "float32": (torch.float32, F32)}
+_MK_DTYPE = {t: mk for t, mk in _DTYPES.values()}
 
 
 def forward(lib, values, idx, w, out, stream):
     N, D = values.shape
     T, B = idx.shape
-    a = EmbeddingBagFwdArgs(N, D, T, B, _DTYPES[str(values.dtype)[6:]][1], I64, values.data_ptr(), D,
+    a = EmbeddingBagFwdArgs(N, D, T, B, _MK_DTYPE[values.dtype], I64, values.data_ptr(), D,
                             idx.data_ptr(), w.data_ptr(), out.data_ptr(), 0, None, None, 0)
     check(lib.mk_embedding_bag_forward(C.byref(a), device_of(values), stream), "forward")
 
@@ -55,7 +56,7 @@ def forward(lib, values, idx, w, out, stream):
 def backward(lib, values, idx, w, gout, gv, gw, ws, stream):
     N, D = values.shape
     T, B = idx.shape
-    a = EmbeddingBagBwdArgs(N, D, T, B, _DTYPES[str(values.dtype)[6:]][1], I64, values.data_ptr(), D,
+    a = EmbeddingBagBwdArgs(N, D, T, B, _MK_DTYPE[values.dtype], I64, values.data_ptr(), D,
                             idx.data_ptr(), w.data_ptr(), gout.data_ptr(), gw.data_ptr(), gv.data_ptr(), None, None,
                             0, None, 0)
     size = C.c_size_t(0)

@@ -106,7 +106,7 @@ def check_index_errors(device=None, synchronize: bool = True) -> None:
     without CUDA (the CPU raises at the call)."""
     if not torch.cuda.is_available():
         return
-    dev = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    dev = torch.device("cuda" if device is None else device)
     if dev.type != "cuda":
         return
     index = torch.cuda.current_device() if dev.index is None else dev.index
