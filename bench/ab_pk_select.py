@@ -39,7 +39,8 @@ def run(lib, s1, s2, k, out_s, out_i):
     assert st == 0, f"mk_pk_select returned {st}"
 
 
-def main(paths, shapes=((4096, 4, 1024, 32), (4096, 4, 1024, 128), (4096, 4, 4096, 32), (4096, 4, 16384, 32)),
+def main(paths, shapes=((4096, 4, 1024, 32), (4096, 4, 1024, 16), (4096, 4, 1024, 64), (4096, 4, 1024, 128),
+                       (4096, 4, 512, 32), (4096, 4, 4096, 32), (4096, 4, 8192, 64), (4096, 4, 16384, 32)),
          reps=30):
     libs = [load(p) for p in paths]
     g = torch.Generator(device="cuda").manual_seed(0)

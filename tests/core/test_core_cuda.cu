@@ -225,17 +225,25 @@ void check_pk_select(int64_t T, int64_t H, int64_t n, int64_t k) {
   cudaFree(out_i);
 }
 
-// Every CUDA selection path (the register fast path in each of its block
-// configurations, and the general path for k > 128 or n_keys > 16384) gives
-// the CPU selection's exact results, which the CPU tests hold to brute force.
+// Every CUDA selection path (the warp path in each of its size classes of k,
+// its radix fallback, and the general path for k > 128) gives the CPU
+// selection's exact results, which the CPU tests hold to brute force.
 // integer: scores in -4..4 (ties everywhere); else continuous scores.
-void check_pk_select_vs_cpu(int64_t T, int64_t H, int64_t n, int64_t k, bool integer) {
+// crowded: lanes 0..16 of every 128-element chunk get very low scores, so
+// the warp path's first threshold lets too many through and its radix
+// select decides (tests/core/test_warp_select_emu.cpp runs the same case).
+void check_pk_select_vs_cpu(int64_t T, int64_t H, int64_t n, int64_t k, bool integer, bool crowded = false) {
   PkProblem pb(T, H, n, k, unsigned(T * 7 + n + k));
   if (!integer) {
     std::mt19937 rng(unsigned(n + k));
     std::normal_distribution<float> nd(0.f, 3.f);
     for (auto& x : pb.s1) x = nd(rng);
     for (auto& x : pb.s2) x = nd(rng);
+  }
+  if (crowded) {
+    for (size_t e = 0; e < pb.s1.size(); ++e) {
+      if (int64_t(e) % n % 128 < 68) pb.s1[e] = pb.s2[e] = -1000.f - float(e % 7);
+    }
   }
   const size_t outs = size_t(T * H * k);
   std::vector<float> cpu_s(outs);
@@ -417,8 +425,11 @@ int main() {
     for (int64_t n : {500, 1000, 1500, 3000, 5000, 9000, 16384, 17000}) {
       for (int64_t k : {1, 32, 128}) check_pk_select_vs_cpu(3, 2, n, k, integer);
     }
+    for (int64_t k : {5, 16, 17, 33, 64, 65, 100}) check_pk_select_vs_cpu(5, 3, 1024, k, integer);
     check_pk_select_vs_cpu(2, 1, 2000, 300, integer);
   }
+  for (int64_t k : {8, 32, 64, 128}) check_pk_select_vs_cpu(2, 3, 1024, k, false, true);
+  check_pk_select_vs_cpu(1, 2, 4096, 32, false, true);
   check_pk_fused(9, 3, 37, 9, 5);
   check_pk_fused(33, 2, 70, 64, 37);
   check_pk_fused(5, 1, 200, 65, 128);

@@ -1,0 +1,213 @@
+// A 32-lane emulation of the CUDA warp intrinsics on the CPU, so that warp
+// code written for the GPU (csrc/core/warp_select_internal.cuh) runs here,
+// unchanged, in the core's tests.
+//
+// Each thread of a block is a fiber (ucontext); all run on one OS thread and
+// switch only inside the intrinsics, so shared memory is plain memory and a
+// shared atomicAdd is a plain add. __syncwarp, __ballot_sync and the shuffles
+// are barriers among the 32 lanes of a warp: a lane that arrives waits until
+// all 32 have. Lanes that leave the kernel early, or reach different
+// intrinsics, are what full-mask code must never do on a GPU; here they
+// deadlock, and the scheduler reports the deadlock instead of hanging.
+// Only full masks and width 32 are supported (asserted).
+#pragma once
+
+#include <ucontext.h>
+
+#include <cassert>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __global__
+#define __launch_bounds__(...)
+
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
+namespace emu {
+
+struct Dim3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+struct Fiber {
+  ucontext_t ctx;
+  std::vector<char> stack;
+  bool done = false;
+};
+
+struct State {
+  std::vector<Fiber> fibers;
+  ucontext_t sched;
+  int cur = 0;
+  unsigned block = 0;
+  std::vector<int> arrived;
+  std::vector<long> generation;
+  std::vector<uint64_t> slot;  // one exchange word per thread
+  long progress = 0;
+  const std::function<void()>* body = nullptr;
+};
+
+inline State& st() {
+  static State s;
+  return s;
+}
+
+inline Dim3 thread_idx() {
+  Dim3 d;
+  d.x = unsigned(st().cur);
+  return d;
+}
+inline Dim3 block_idx() {
+  Dim3 d;
+  d.x = st().block;
+  return d;
+}
+
+inline void yield() { swapcontext(&st().fibers[size_t(st().cur)].ctx, &st().sched); }
+
+inline void warp_barrier() {
+  State& s = st();
+  const int w = s.cur / 32;
+  const long g = s.generation[size_t(w)];
+  if (++s.arrived[size_t(w)] == 32) {
+    s.arrived[size_t(w)] = 0;
+    ++s.generation[size_t(w)];
+    ++s.progress;
+  } else {
+    while (s.generation[size_t(w)] == g) yield();
+  }
+}
+
+// Every lane publishes v, then reads the value of lane pick(lane).
+template <class T, class Pick>
+T exchange(T v, Pick pick) {
+  static_assert(sizeof(T) <= 8, "at most 64-bit values");
+  State& s = st();
+  const int lane = s.cur % 32, base = s.cur - lane;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  s.slot[size_t(s.cur)] = bits;
+  warp_barrier();
+  const int src = pick(lane);
+  assert(src >= 0 && src < 32);
+  bits = s.slot[size_t(base + src)];
+  warp_barrier();
+  T r;
+  std::memcpy(&r, &bits, sizeof(T));
+  return r;
+}
+
+inline void trampoline() {
+  (*st().body)();
+  st().fibers[size_t(st().cur)].done = true;
+  ++st().progress;
+  swapcontext(&st().fibers[size_t(st().cur)].ctx, &st().sched);
+}
+
+// Runs body() as each of the `threads` threads (a multiple of 32) of each of
+// `blocks` blocks, one block after another. Returns false on a deadlock.
+inline bool launch(unsigned blocks, int threads, const std::function<void()>& body) {
+  assert(threads % 32 == 0);
+  State& s = st();
+  s.body = &body;
+  s.fibers.assign(size_t(threads), Fiber{});
+  s.slot.assign(size_t(threads), 0);
+  for (auto& f : s.fibers) f.stack.resize(size_t(1) << 18);
+  for (unsigned b = 0; b < blocks; ++b) {
+    s.block = b;
+    s.arrived.assign(size_t(threads / 32), 0);
+    s.generation.assign(size_t(threads / 32), 0);
+    for (int t = 0; t < threads; ++t) {
+      Fiber& f = s.fibers[size_t(t)];
+      f.done = false;
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = f.stack.data();
+      f.ctx.uc_stack.ss_size = f.stack.size();
+      f.ctx.uc_link = nullptr;
+      makecontext(&f.ctx, trampoline, 0);
+    }
+    for (;;) {
+      const long before = s.progress;
+      bool all_done = true;
+      for (int t = 0; t < threads; ++t) {
+        if (s.fibers[size_t(t)].done) continue;
+        all_done = false;
+        s.cur = t;
+        swapcontext(&s.sched, &s.fibers[size_t(t)].ctx);
+      }
+      if (all_done) break;
+      if (s.progress == before) {
+        std::fprintf(stderr, "warp_emu: deadlock in block %u (lanes wait at a warp barrier others never reach)\n", b);
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::thread_idx())
+#define blockIdx (::emu::block_idx())
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  assert(mask == 0xffffffffu);
+  (void)mask;
+  emu::warp_barrier();
+}
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src) {
+  assert(mask == 0xffffffffu);
+  (void)mask;
+  return emu::exchange(v, [src](int) { return src & 31; });
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int o) {
+  assert(mask == 0xffffffffu && o > 0 && o < 32);
+  (void)mask;
+  return emu::exchange(v, [o](int lane) { return lane ^ o; });
+}
+template <class T>
+T __shfl_up_sync(unsigned mask, T v, unsigned o) {
+  assert(mask == 0xffffffffu);
+  (void)mask;
+  return emu::exchange(v, [o](int lane) { return lane >= int(o) ? lane - int(o) : lane; });
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned o) {
+  assert(mask == 0xffffffffu);
+  (void)mask;
+  return emu::exchange(v, [o](int lane) { return lane + int(o) < 32 ? lane + int(o) : lane; });
+}
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  assert(mask == 0xffffffffu);
+  (void)mask;
+  emu::State& s = emu::st();
+  const int lane = s.cur % 32, base = s.cur - lane;
+  s.slot[size_t(s.cur)] = pred ? 1 : 0;
+  emu::warp_barrier();
+  unsigned m = 0;
+  for (int l = 0; l < 32; ++l) m |= unsigned(s.slot[size_t(base + l)] & 1u) << l;
+  emu::warp_barrier();
+  return m;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(unsigned x) { return __builtin_ffs(int(x)); }
+template <class T>
+T __ldg(const T* p) {
+  return *p;
+}
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
