@@ -1,6 +1,7 @@
-// Helpers shared by the core's CUDA kernels: the launch check, warp sums in a
-// fixed butterfly order, the device's multiprocessor count, grids for
-// grid-stride warp loops, and 16-byte vector loads and stores.
+// Host-side helpers shared by the core's CUDA kernels: the launch check, the
+// device's multiprocessor count, grids for grid-stride warp loops, and the
+// alignment test for 16-byte vectors. The device-side helpers are in
+// cuda_device_internal.cuh, included here.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,6 +10,7 @@
 #include <initializer_list>
 #include <utility>
 
+#include "cuda_device_internal.cuh"
 #include "dtypes_internal.h"
 
 #define MK_CUDA_TRY(expr)                          \
@@ -20,16 +22,6 @@
 namespace mk {
 namespace cuda {
 
-constexpr unsigned kFullMask = 0xffffffffu;
-
-// Sum over the warp; every lane gets the same bits.
-template <class A>
-__device__ __forceinline__ A warp_sum(A x) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
-  return x;
-}
-
 inline int sm_count() {
   int dev = 0, sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return 132;
@@ -37,48 +29,12 @@ inline int sm_count() {
   return sms;
 }
 
-// Kernels that give each warp an item in a grid-stride loop run blocks of
-// kWarpsPerBlock warps.
-constexpr int kWarpsPerBlock = 4;
-constexpr int kBlockThreads = 32 * kWarpsPerBlock;
-
 // Blocks for a grid-stride warp loop over `work` warp items: at most one
 // resident wave (16 blocks of kBlockThreads per SM).
 inline unsigned warp_grid(int64_t work) {
   const int64_t wanted = (work + kWarpsPerBlock - 1) / kWarpsPerBlock;
   const int64_t cap = int64_t(sm_count()) * 16;
   return unsigned(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
-}
-
-// VEC consecutive elements: one 16-byte access when VEC * sizeof(V) == 16
-// (the caller guarantees alignment), else VEC scalar accesses.
-template <class V, int VEC, class A>
-__device__ __forceinline__ void load_vec(const V* __restrict__ p, A (&out)[VEC]) {
-  if constexpr (VEC * sizeof(V) == 16) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
-    V tmp[VEC];
-    memcpy(tmp, &raw, 16);
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) out[e] = to_acc(tmp[e]);
-  } else {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) out[e] = to_acc(p[e]);
-  }
-}
-
-template <class V, int VEC, class A>
-__device__ __forceinline__ void store_vec(V* __restrict__ p, const A (&in)[VEC]) {
-  if constexpr (VEC * sizeof(V) == 16) {
-    V tmp[VEC];
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) tmp[e] = from_acc<V>(in[e]);
-    uint4 raw;
-    memcpy(&raw, tmp, 16);
-    *reinterpret_cast<uint4*>(p) = raw;
-  } else {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) p[e] = from_acc<V>(in[e]);
-  }
 }
 
 // 16-byte vectors when every row start is 16-byte aligned; else scalars.

@@ -1,15 +1,17 @@
 // A 32-lane emulation of the CUDA warp intrinsics on the CPU, so that warp
-// code written for the GPU (csrc/core/warp_select_internal.cuh) runs here,
-// unchanged, in the core's tests.
+// code written for the GPU (csrc/core/warp_select_internal.cuh,
+// embedding_bag_forward_kernel_internal.cuh) runs here, unchanged, in the
+// core's tests.
 //
-// Each thread of a block is a fiber (ucontext); all run on one OS thread and
-// switch only inside the intrinsics, so shared memory is plain memory and a
+// Each thread of a block is a fiber (its own stack); all run on one OS thread
+// and switch only inside the intrinsics, so shared memory is plain memory and a
 // shared atomicAdd is a plain add. __syncwarp, __ballot_sync and the shuffles
 // are barriers among the 32 lanes of a warp: a lane that arrives waits until
 // all 32 have. Lanes that leave the kernel early, or reach different
 // intrinsics, are what full-mask code must never do on a GPU; here they
 // deadlock, and the scheduler reports the deadlock instead of hanging.
-// Only full masks and width 32 are supported (asserted).
+// Only full masks and width 32 are supported (asserted). Device atomics are
+// plain read-modify-writes: fibers switch only inside the intrinsics.
 #pragma once
 
 #include <ucontext.h>
@@ -31,6 +33,10 @@
 struct alignas(16) float4 {
   float x, y, z, w;
 };
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
 namespace emu {
 
@@ -39,16 +45,17 @@ struct Dim3 {
 };
 
 struct Fiber {
-  ucontext_t ctx;
+  ucontext_t ctx;  // the fiber's start (entered once)
+  void* jb[5];     // where it yielded (__builtin_setjmp)
   std::vector<char> stack;
-  bool done = false;
+  bool done = false, started = false;
 };
 
 struct State {
   std::vector<Fiber> fibers;
-  ucontext_t sched;
+  void* sched_jb[5];
   int cur = 0;
-  unsigned block = 0;
+  unsigned block = 0, grid = 1;
   std::vector<int> arrived;
   std::vector<long> generation;
   std::vector<uint64_t> slot;  // one exchange word per thread
@@ -71,8 +78,19 @@ inline Dim3 block_idx() {
   d.x = st().block;
   return d;
 }
+inline Dim3 grid_dim() {
+  Dim3 d;
+  d.x = st().grid;
+  return d;
+}
 
-inline void yield() { swapcontext(&st().fibers[size_t(st().cur)].ctx, &st().sched); }
+// Switches between fibers by __builtin_setjmp / __builtin_longjmp (no
+// system call, unlike swapcontext); a fiber's first entry is a setcontext.
+// The functions that set a jump buffer keep no state of their own in
+// registers across it.
+__attribute__((noinline)) inline void yield() {
+  if (__builtin_setjmp(st().fibers[size_t(st().cur)].jb) == 0) __builtin_longjmp(st().sched_jb, 1);
+}
 
 inline void warp_barrier() {
   State& s = st();
@@ -110,7 +128,19 @@ inline void trampoline() {
   (*st().body)();
   st().fibers[size_t(st().cur)].done = true;
   ++st().progress;
-  swapcontext(&st().fibers[size_t(st().cur)].ctx, &st().sched);
+  __builtin_longjmp(st().sched_jb, 1);  // never returns here
+}
+
+// Runs fiber st().cur until it yields or ends.
+__attribute__((noinline)) inline void resume() {
+  if (__builtin_setjmp(st().sched_jb) == 0) {
+    Fiber& f = st().fibers[size_t(st().cur)];
+    if (!f.started) {
+      f.started = true;
+      setcontext(&f.ctx);
+    }
+    __builtin_longjmp(f.jb, 1);
+  }
 }
 
 // Runs body() as each of the `threads` threads (a multiple of 32) of each of
@@ -119,6 +149,7 @@ inline bool launch(unsigned blocks, int threads, const std::function<void()>& bo
   assert(threads % 32 == 0);
   State& s = st();
   s.body = &body;
+  s.grid = blocks;
   s.fibers.assign(size_t(threads), Fiber{});
   s.slot.assign(size_t(threads), 0);
   for (auto& f : s.fibers) f.stack.resize(size_t(1) << 18);
@@ -129,6 +160,7 @@ inline bool launch(unsigned blocks, int threads, const std::function<void()>& bo
     for (int t = 0; t < threads; ++t) {
       Fiber& f = s.fibers[size_t(t)];
       f.done = false;
+      f.started = false;
       getcontext(&f.ctx);
       f.ctx.uc_stack.ss_sp = f.stack.data();
       f.ctx.uc_stack.ss_size = f.stack.size();
@@ -142,7 +174,7 @@ inline bool launch(unsigned blocks, int threads, const std::function<void()>& bo
         if (s.fibers[size_t(t)].done) continue;
         all_done = false;
         s.cur = t;
-        swapcontext(&s.sched, &s.fibers[size_t(t)].ctx);
+        resume();
       }
       if (all_done) break;
       if (s.progress == before) {
@@ -158,6 +190,7 @@ inline bool launch(unsigned blocks, int threads, const std::function<void()>& bo
 
 #define threadIdx (::emu::thread_idx())
 #define blockIdx (::emu::block_idx())
+#define gridDim (::emu::grid_dim())
 
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   assert(mask == 0xffffffffu);
@@ -209,5 +242,10 @@ T __ldg(const T* p) {
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
   const unsigned old = *p;
   *p = old + v;
+  return old;
+}
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  if (v < old) *p = v;
   return old;
 }

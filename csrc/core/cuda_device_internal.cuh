@@ -1,0 +1,63 @@
+// Device-side helpers shared by the core's CUDA kernels: warp sums in a fixed
+// butterfly order, the block shape of grid-stride warp loops, and 16-byte
+// vector loads and stores. Includes no CUDA header, so that kernel bodies
+// built on it also compile on the CPU under tests/core/warp_emu.h (which
+// supplies the intrinsics and vector types).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "dtypes_internal.h"
+
+namespace mk {
+namespace cuda {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Sum over the warp; every lane gets the same bits.
+template <class A>
+__device__ __forceinline__ A warp_sum(A x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+
+// Kernels that give each warp an item in a grid-stride loop run blocks of
+// kWarpsPerBlock warps.
+constexpr int kWarpsPerBlock = 4;
+constexpr int kBlockThreads = 32 * kWarpsPerBlock;
+
+// VEC consecutive elements: one 16-byte access when VEC * sizeof(V) == 16
+// (the caller guarantees alignment), else VEC scalar accesses.
+template <class V, int VEC, class A>
+__device__ __forceinline__ void load_vec(const V* __restrict__ p, A (&out)[VEC]) {
+  if constexpr (VEC * sizeof(V) == 16) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    V tmp[VEC];
+    memcpy(tmp, &raw, 16);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = to_acc(tmp[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = to_acc(p[e]);
+  }
+}
+
+template <class V, int VEC, class A>
+__device__ __forceinline__ void store_vec(V* __restrict__ p, const A (&in)[VEC]) {
+  if constexpr (VEC * sizeof(V) == 16) {
+    V tmp[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) tmp[e] = from_acc<V>(in[e]);
+    uint4 raw;
+    memcpy(&raw, tmp, 16);
+    *reinterpret_cast<uint4*>(p) = raw;
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) p[e] = from_acc<V>(in[e]);
+  }
+}
+
+}  // namespace cuda
+}  // namespace mk
