@@ -50,6 +50,25 @@ def test_popular_people_are_written_about_more_often_and_asked_once():
             bios.make_corpus(bios.BioConfig(**{**cfg.__dict__, **bad}))
 
 
+def test_more_question_phrasings_ask_each_fact_in_each_and_still_hold_one_out():
+    cfg = bios.BioConfig(people=40, attributes=tuple(bios.ATTRIBUTES), first_names=8, last_names=8,
+                         values_per_attribute=10, seed=3)
+    two = bios.make_corpus(cfg)
+    four = bios.make_corpus(bios.BioConfig(**{**cfg.__dict__, "question_phrasings": 4}))
+    assert four.facts == two.facts
+    assert [four.decode(p) for p in four.eval_prompts["held_out"]] == [two.decode(p) for p in two.eval_prompts["held_out"]]
+    assert len(four.train) == len(two.train) + 2 * len(two.facts)  # two more questions per fact
+    train_text = {four.decode(s) for s in four.train}
+    name, attr, value = four.facts[0]
+    asked = {q.format(n=name) + " " + value + " <eos>" for q in bios.ATTRIBUTES[attr][2]}
+    assert all("<bos> " + q in train_text for q in asked)  # every phrasing, once per fact
+    for prompt in four.eval_prompts["held_out"]:
+        assert not any(t.startswith(four.decode(prompt)) for t in train_text)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="question_phrasings"):
+            bios.make_corpus(bios.BioConfig(**{**cfg.__dict__, "question_phrasings": bad}))
+
+
 @pytest.mark.parametrize("preset", sorted(lm.PRESETS))
 def test_model_flops_are_matched(preset):
     model = lm.PRESETS[preset].model

@@ -17,38 +17,44 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-# attribute -> (value kind, bio templates, training question templates,
-# held-out question templates). "{n}" is the person's two name tokens, "{v}"
+# attribute -> (value kind, bio templates, training question templates (the
+# first BioConfig.question_phrasings of them are used), held-out question
+# templates). "{n}" is the person's two name tokens, "{v}"
 # the value; questions end where the answer starts.
 ATTRIBUTES: Dict[str, Tuple[str, List[str], List[str], List[str]]] = {
     "birth_year": (
         "year",
         ["{n} was born in {v} .", "{n} came into the world in {v} .", "the year {n} was born was {v} ."],
-        ["Q : what year was {n} born ? A :", "Q : when was {n} born ? A :"],
+        ["Q : what year was {n} born ? A :", "Q : when was {n} born ? A :",
+         "Q : {n} was born when ? A :", "Q : in what year was {n} born ? A :"],
         ["Q : {n} was born in which year ? A :"],
     ),
     "city": (
         "place",
         ["{n} grew up in {v} .", "{n} spent a childhood in {v} .", "the home town of {n} is {v} ."],
-        ["Q : where did {n} grow up ? A :", "Q : what is the home town of {n} ? A :"],
+        ["Q : where did {n} grow up ? A :", "Q : what is the home town of {n} ? A :",
+         "Q : {n} grew up where ? A :", "Q : in what town did {n} grow up ? A :"],
         ["Q : {n} grew up in which town ? A :"],
     ),
     "employer": (
         "org",
         ["{n} works for {v} .", "{n} is employed by {v} .", "the employer of {n} is {v} ."],
-        ["Q : who employs {n} ? A :", "Q : which company does {n} work for ? A :"],
+        ["Q : who employs {n} ? A :", "Q : which company does {n} work for ? A :",
+         "Q : {n} works for whom ? A :", "Q : for what company does {n} work ? A :"],
         ["Q : {n} is employed by which company ? A :"],
     ),
     "university": (
         "school",
         ["{n} studied at {v} .", "{n} graduated from {v} .", "the university of {n} was {v} ."],
-        ["Q : where did {n} study ? A :", "Q : which university did {n} attend ? A :"],
+        ["Q : where did {n} study ? A :", "Q : which university did {n} attend ? A :",
+         "Q : {n} studied where ? A :", "Q : at what university did {n} study ? A :"],
         ["Q : {n} graduated from which university ? A :"],
     ),
     "field": (
         "field",
         ["{n} majored in {v} .", "{n} chose {v} as a major .", "the major of {n} was {v} ."],
-        ["Q : what did {n} major in ? A :", "Q : what was the major of {n} ? A :"],
+        ["Q : what did {n} major in ? A :", "Q : what was the major of {n} ? A :",
+         "Q : {n} majored in what ? A :", "Q : in what field did {n} major ? A :"],
         ["Q : {n} chose which major ? A :"],
     ),
 }
@@ -79,6 +85,10 @@ class BioConfig:
     last_names: int = 24
     values_per_attribute: int = 32  # distinct values (birth years: the first this many from 1900)
     bios_per_fact: int = 3  # bio sentences per (person, attribute), templates drawn at random
+    # Training question phrasings per attribute (the first this many of its
+    # list, 1 to 4), each asked once per fact in training; the held-out
+    # phrasing is never trained on.
+    question_phrasings: int = 2
     # Popularity: this fraction of the people (drawn at random) is written about
     # popular_factor times as often (each of their sentences repeated), as real
     # corpora mention some people far more than others. Every fact is still
@@ -114,6 +124,8 @@ def make_corpus(cfg: BioConfig) -> BioCorpus:
     if not 0.0 <= cfg.popular_fraction <= 1.0 or cfg.popular_factor < 1:
         raise ValueError(f"BioConfig: popular_fraction must be in [0, 1] and popular_factor >= 1; got "
                          f"{cfg.popular_fraction} and {cfg.popular_factor}")
+    if not 1 <= cfg.question_phrasings <= 4:
+        raise ValueError(f"BioConfig: question_phrasings must be in [1, 4]; got {cfg.question_phrasings}")
     unknown = [a for a in cfg.attributes if a not in ATTRIBUTES]
     if unknown:
         raise ValueError(f"BioConfig: unknown attributes {unknown}; known: {sorted(ATTRIBUTES)}")
@@ -155,7 +167,8 @@ def make_corpus(cfg: BioConfig) -> BioCorpus:
         name = f"{first} {last}"
         copies = cfg.popular_factor if person in popular else 1
         for attr in cfg.attributes:
-            _, bio_t, q_train, q_held = ATTRIBUTES[attr]
+            _, bio_t, q_all, q_held = ATTRIBUTES[attr]
+            q_train = q_all[:cfg.question_phrasings]
             value = rng.choice(values[attr])
             facts.append((name, attr, value))
             sentences = [t.format(n=name, v=value) for t in rng.choices(bio_t, k=cfg.bios_per_fact)]

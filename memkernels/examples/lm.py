@@ -93,7 +93,8 @@ PRESETS: Dict[str, Preset] = {
     # twin does not store them all, the memory layer in layer 0 (16k slots,
     # 4 heads; docs/lm_example.md: "A capacity regime").
     "capacity": Preset(BioConfig(people=4096, attributes=("birth_year", "city"), first_names=64, last_names=64,
-                                 values_per_attribute=64, bios_per_fact=2, popular_fraction=0.1, popular_factor=8),
+                                 values_per_attribute=64, bios_per_fact=2, popular_fraction=0.1, popular_factor=8,
+                                 question_phrasings=4),
                        ModelConfig(dim=32, layers=2, heads=4, ffn_hidden=32, memory_layers=(0,), n_keys=128,
                                    mem_heads=4, knn=8, k_dim=64),
                        steps=5000, batch=256, lr=1e-2, value_lr=3e-2, eval_every=1250, eval_limit=2048),
