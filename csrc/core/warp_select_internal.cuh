@@ -364,8 +364,6 @@ __device__ void select_rows(const mk_pk_select_args& a, typename Config<KMAX>::S
     out_s[e] = key_score(key);
     out_i[e] = int64_t(key_index(key));
   });
-  // The half lists are read before a later row of this warp could write them:
-  // there is none (one row per warp).
 }
 
 }  // namespace warpsel

@@ -1,6 +1,7 @@
 // A 32-lane emulation of the CUDA warp intrinsics on the CPU, so that warp
 // code written for the GPU (csrc/core/warp_select_internal.cuh,
-// embedding_bag_forward_kernel_internal.cuh) runs here, unchanged, in the
+// embedding_bag_forward_kernel_internal.cuh,
+// embedding_bag_backward_kernel_internal.cuh) runs here, unchanged, in the
 // core's tests.
 //
 // Each thread of a block is a fiber (its own stack); all run on one OS thread
@@ -238,6 +239,10 @@ inline int __ffs(unsigned x) { return __builtin_ffs(int(x)); }
 template <class T>
 T __ldg(const T* p) {
   return *p;
+}
+template <class T>
+void __stcs(T* p, T v) {
+  *p = v;
 }
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
   const unsigned old = *p;
