@@ -428,7 +428,7 @@ int main() {
     for (int64_t k : {5, 16, 17, 33, 64, 65, 100}) check_pk_select_vs_cpu(5, 3, 1024, k, integer);
     check_pk_select_vs_cpu(2, 1, 2000, 300, integer);
   }
-  for (int64_t k : {8, 32, 64, 128}) check_pk_select_vs_cpu(2, 3, 1024, k, false, true);
+  for (int64_t k : {16, 32, 64, 128}) check_pk_select_vs_cpu(2, 3, k == 128 ? 2048 : 1024, k, false, true);
   check_pk_select_vs_cpu(1, 2, 4096, 32, false, true);
   check_pk_fused(9, 3, 37, 9, 5);
   check_pk_fused(33, 2, 70, 64, 37);
