@@ -26,7 +26,6 @@ namespace mk {
 namespace {
 
 constexpr int kThreads = 256;
-using cuda::kFullMask;
 
 struct SelectShared {
   uint32_t hist[256];
@@ -37,39 +36,6 @@ struct SelectShared {
   int remaining;
   int count;
 };
-
-// Warp 0 of a radix-select pass: given the pass's 256-bin histogram of the
-// keys still matching `prefix`, finds the digit whose bucket holds the
-// remaining-th largest of them. Lane l owns digits 8l..8l+7; exactly one lane
-// writes the extended prefix and the rank left within the bucket.
-__device__ void find_bucket(const uint32_t* hist, uint64_t prefix, int shift, int remaining,
-                            uint64_t* out_prefix, int* out_remaining) {
-  const int lane = threadIdx.x & 31;
-  uint32_t c[8], total = 0;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    c[j] = hist[lane * 8 + j];
-    total += c[j];
-  }
-  uint32_t incl = total;  // keys in digits owned by lanes >= lane
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const uint32_t v = __shfl_down_sync(kFullMask, incl, o);
-    if (lane + o < 32) incl += v;
-  }
-  const uint32_t above = incl - total;
-  if (above < uint32_t(remaining) && uint32_t(remaining) <= incl) {
-    uint32_t acc = above;
-#pragma unroll
-    for (int j = 7; j >= 0; --j) {
-      if (acc < uint32_t(remaining) && acc + c[j] >= uint32_t(remaining)) {
-        *out_prefix = prefix | (uint64_t(lane * 8 + j) << shift);
-        *out_remaining = remaining - int(acc);
-      }
-      acc += c[j];
-    }
-  }
-}
 
 // The k-th largest of the n keys key_of(0..n-1) (distinct keys).
 template <class KeyFn>
@@ -86,7 +52,13 @@ __device__ uint64_t kth_largest_key(int64_t n, int k, KeyFn key_of, SelectShared
       if ((key & mask) == prefix) atomicAdd(&sh.hist[(key >> shift) & 255u], 1u);
     }
     __syncthreads();
-    if (tid < 32) find_bucket(sh.hist, prefix, shift, remaining, &sh.prefix, &sh.remaining);
+    if (tid < 32) {  // warp 0 finds the bucket holding the remaining-th largest key
+      const warpsel::Bucket b = warpsel::find_bucket(sh.hist, uint32_t(remaining));
+      if (tid == 0) {
+        sh.prefix = prefix | (uint64_t(b.digit) << shift);
+        sh.remaining = remaining - int(b.before);
+      }
+    }
     __syncthreads();
     prefix = sh.prefix;
     remaining = sh.remaining;

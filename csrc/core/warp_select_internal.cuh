@@ -130,6 +130,49 @@ __device__ __forceinline__ int compact(const Src& src, uint64_t tau, uint64_t* b
   return count;
 }
 
+// The bucket of a radix pass that holds the want-th largest key (1-based) of
+// a 256-bin histogram, in every lane of the warp: its digit, the keys in
+// larger digits, and its own count. Lane l reads digits 8l .. 8l+7 (larger
+// digits are larger keys); the caller orders the reads against the
+// histogram's writes.
+struct Bucket {
+  uint32_t digit, before, count;
+};
+__device__ __forceinline__ Bucket find_bucket(const uint32_t* hist, uint32_t want) {
+  const int lane = lane_id();
+  uint32_t c[8], total = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    c[j] = hist[lane * 8 + j];
+    total += c[j];
+  }
+  uint32_t incl = total;  // keys in the digits of lanes >= this one
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t v = __shfl_down_sync(kFull, incl, o);
+    if (lane + o < 32) incl += v;
+  }
+  const bool owner = incl - total < want && want <= incl;  // exactly one lane
+  uint32_t digit = 0, before = 0, count = 0;
+  if (owner) {
+    uint32_t acc = incl - total;
+#pragma unroll
+    for (int j = 7; j >= 0; --j) {
+      if (acc < want && acc + c[j] >= want) {
+        digit = uint32_t(lane * 8 + j);
+        before = acc;
+        count = c[j];
+      }
+      acc += c[j];
+    }
+  }
+  const int src_lane = __ffs(__ballot_sync(kFull, owner)) - 1;
+  digit = __shfl_sync(kFull, digit, src_lane);
+  before = __shfl_sync(kFull, before, src_lane);
+  count = __shfl_sync(kFull, count, src_lane);
+  return Bucket{digit, before, count};
+}
+
 // The exact k-th largest key of the source (at least k keys, all distinct) by
 // an MSB-first radix select, 8 bits a pass, in the warp's own 256-bin
 // histogram; stops once the bucket holding the k-th key holds exactly the keys
@@ -147,44 +190,13 @@ __device__ uint64_t kth_radix(const Src& src, int k, uint32_t* hist) {
       if (key != 0 && (key & mask) == prefix) atomicAdd(&hist[uint32_t(key >> shift) & 255u], 1u);
     });
     __syncwarp();
-    // Lane l owns digits 8l .. 8l+7; larger digits are larger keys.
-    uint32_t c[8], total = 0;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      c[j] = hist[lane * 8 + j];
-      total += c[j];
-    }
+    const Bucket b = find_bucket(hist, uint32_t(remaining));
     __syncwarp();  // every lane has read the histogram before the next pass clears it
-    uint32_t incl = total;  // keys in the digits of lanes >= this one
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const uint32_t v = __shfl_down_sync(kFull, incl, o);
-      if (lane + o < 32) incl += v;
-    }
-    const uint32_t want = uint32_t(remaining);
-    const bool owner = incl - total < want && want <= incl;  // exactly one lane
-    uint32_t digit = 0, before = 0, in_bucket = 0;
-    if (owner) {
-      uint32_t acc = incl - total;
-#pragma unroll
-      for (int j = 7; j >= 0; --j) {
-        if (acc < want && acc + c[j] >= want) {
-          digit = uint32_t(lane * 8 + j);
-          before = acc;
-          in_bucket = c[j];
-        }
-        acc += c[j];
-      }
-    }
-    const int src_lane = __ffs(__ballot_sync(kFull, owner)) - 1;
-    digit = __shfl_sync(kFull, digit, src_lane);
-    before = __shfl_sync(kFull, before, src_lane);
-    in_bucket = __shfl_sync(kFull, in_bucket, src_lane);
-    prefix |= uint64_t(digit) << shift;
+    prefix |= uint64_t(b.digit) << shift;
     mask |= uint64_t(255) << shift;
-    remaining -= int(before);
+    remaining -= int(b.before);
     // Keys >= prefix: the k - remaining of larger buckets and this bucket's keys.
-    if (in_bucket == uint32_t(remaining)) break;
+    if (b.count == uint32_t(remaining)) break;
   }
   return prefix;
 }
