@@ -6,10 +6,11 @@
 # OLD_SRC: a copy of the baseline's csrc/, tests/core/ and CMakeLists.txt
 # (e.g. `git archive BASE csrc tests/core CMakeLists.txt | tar -x -C OLD_SRC`).
 # Builds the core library from OLD_SRC and from this tree (CMake) beside the
-# extension, runs the embedding-bag, pk_topk and layer CUDA tests,
+# extension, runs the embedding-bag, pk_topk, layer and optimizer CUDA tests,
 # compute-sanitizer memcheck and racecheck on the core's CUDA test, times
-# mk_pk_select (bench/ab_pk_select.py) and the embedding bag's forward and
-# dense backward (bench/ab_embedding_bag.py, the paper's shape) of both builds
+# mk_pk_select (bench/ab_pk_select.py) and the embedding bag's forward, dense
+# backward and backward fused with an AdamW update (bench/ab_embedding_bag.py,
+# the paper's shape) of both builds
 # side by side, and runs the bench cases named (default pk_ref). Logs and
 # bench.json go to OUT_DIR; a short table last.
 set -uo pipefail
@@ -36,7 +37,7 @@ wait $p1 || { echo "old core build failed"; tail -20 /tmp/ab_old.log; exit 1; }
 wait $p2 || { echo "new core build failed"; tail -20 /tmp/ab_new.log; exit 1; }
 echo "builds: $(( $(date +%s) - t0 )) s"
 ARGS=(); $PY -c "import xdist" 2>/dev/null && ARGS=(-n 4)
-timeout 150 $PY -m pytest tests/test_embedding_bag.py tests/test_pk_topk.py tests/test_nn.py -q -m cuda --tb=short \
+timeout 150 $PY -m pytest tests/test_embedding_bag.py tests/test_pk_topk.py tests/test_nn.py tests/test_optim.py -q -m cuda --tb=short \
   "${ARGS[@]}" > "$OUT/tests.log" 2>&1 || status=1
 echo "tests: $(tail -1 "$OUT/tests.log")"
 for tool in memcheck racecheck; do

@@ -28,14 +28,21 @@ __device__ __forceinline__ A warp_sum(A x) {
 constexpr int kWarpsPerBlock = 4;
 constexpr int kBlockThreads = 32 * kWarpsPerBlock;
 
-// VEC consecutive elements: one 16-byte access when VEC * sizeof(V) == 16
-// (the caller guarantees alignment), else VEC scalar accesses.
+// VEC consecutive elements: 16-byte accesses when VEC * sizeof(V) is a
+// multiple of 16 (the caller guarantees 16-byte alignment), else VEC scalar
+// accesses. load_vec reads through the read-only path (__ldg); a kernel may
+// still write the same elements afterwards, as long as no other thread of
+// the kernel writes them before it reads.
 template <class V, int VEC, class A>
 __device__ __forceinline__ void load_vec(const V* __restrict__ p, A (&out)[VEC]) {
-  if constexpr (VEC * sizeof(V) == 16) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+  if constexpr (VEC * sizeof(V) % 16 == 0) {
+    constexpr int kWords = int(VEC * sizeof(V) / 16);
     V tmp[VEC];
-    memcpy(tmp, &raw, 16);
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + k);
+      memcpy(reinterpret_cast<char*>(tmp) + 16 * k, &raw, 16);
+    }
 #pragma unroll
     for (int e = 0; e < VEC; ++e) out[e] = to_acc(tmp[e]);
   } else {
@@ -44,19 +51,29 @@ __device__ __forceinline__ void load_vec(const V* __restrict__ p, A (&out)[VEC])
   }
 }
 
-template <class V, int VEC, class A>
-__device__ __forceinline__ void store_vec(V* __restrict__ p, const A (&in)[VEC]) {
-  if constexpr (VEC * sizeof(V) == 16) {
-    V tmp[VEC];
+// Stores VEC elements already in the storage type (16-byte words where they
+// fill them).
+template <class S, int VEC>
+__device__ __forceinline__ void store_raw(S* __restrict__ p, const S (&in)[VEC]) {
+  if constexpr (VEC * sizeof(S) % 16 == 0) {
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) tmp[e] = from_acc<V>(in[e]);
-    uint4 raw;
-    memcpy(&raw, tmp, 16);
-    *reinterpret_cast<uint4*>(p) = raw;
+    for (int k = 0; k < int(VEC * sizeof(S) / 16); ++k) {
+      uint4 raw;
+      memcpy(&raw, reinterpret_cast<const char*>(in) + 16 * k, 16);
+      reinterpret_cast<uint4*>(p)[k] = raw;
+    }
   } else {
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) p[e] = from_acc<V>(in[e]);
+    for (int e = 0; e < VEC; ++e) p[e] = in[e];
   }
+}
+
+template <class V, int VEC, class A>
+__device__ __forceinline__ void store_vec(V* __restrict__ p, const A (&in)[VEC]) {
+  V tmp[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) tmp[e] = from_acc<V>(in[e]);
+  store_raw<V, VEC>(p, tmp);
 }
 
 }  // namespace cuda

@@ -105,10 +105,11 @@ typedef struct mk_embedding_bag_bwd_args {
   int sparse_grads_acc; /* sparse_grads in the accumulation type instead of the values' dtype */
   /* When set, the row gradients are applied to `values` (updated in place) by
    * this optimizer update instead of being written anywhere; grad_values and
-   * the sparse outputs must then be NULL. CPU: each row as it is finished.
-   * CUDA (ABI 2): the row gradients go to the capacity form inside the
-   * workspace (the size query counts min(N, T*B) fp32 rows), then the update
-   * runs on them; nothing is read back to the host. */
+   * the sparse outputs must then be NULL. Each row is updated as the segment
+   * reduction finishes it, on both devices; nothing is read back to the host.
+   * (CUDA, ABI 2 to 4 before 2026-12-01: the row gradients went to an fp32
+   * capacity form of min(N, T*B) rows inside the workspace first; the size
+   * query no longer counts it.) */
   const struct mk_row_update* update;
   int num_threads; /* CPU threads; 0 uses the OpenMP default */
   /* Added in ABI 2: the capacity form of the sparse outputs (static shapes, no

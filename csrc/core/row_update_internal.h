@@ -20,6 +20,9 @@ namespace mk {
 mk_status row_update_check_args(const mk_sparse_row_update_args* a);
 mk_status row_update_cpu(const mk_sparse_row_update_args& a);
 mk_status row_update_cuda(const mk_sparse_row_update_args& a, void* stream);
+// Whether the [N, D] states of u (those its rule has) start 16-byte aligned:
+// with aligned rows, the CUDA kernels then use 16-byte vectors.
+bool row_states_aligned(const mk_row_update& u);
 
 // Per-update constants, computed once on the host.
 struct RowUpdateConsts {

@@ -348,8 +348,7 @@ ffi::Error row_update(mk_device dev, void* stream, ffi::AnyBuffer table, ffi::An
 
 // The backward fused with the update: values and states updated in place
 // (aliased outputs), the weights' gradient returned; no row gradient leaves
-// the core (CPU: rows updated as they are finished; CUDA: the capacity form
-// inside the workspace, then the update kernel).
+// the core (each row is updated as the segment reduction finishes it).
 template <class Scratch>
 ffi::Error bag_backward_update(mk_device dev, void* stream, Scratch* scratch, ffi::AnyBuffer grad_out,
                                ffi::AnyBuffer values, ffi::AnyBuffer indices, ffi::AnyBuffer weights,

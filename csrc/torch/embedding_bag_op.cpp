@@ -272,10 +272,9 @@ at::Tensor embedding_bag_backward_update(const at::Tensor& grad_out_in, const at
                                          const c10::optional<at::Tensor>& state2,
                                          const UpdateSpec& spec, Backend be) {
   const mk_row_update update = make_update(values, state1, state2, spec);
-  // The core applies the update: on the CPU to each row as the segment
-  // reduction finishes it (the row gradient is never written); on CUDA to the
-  // capacity form of the row gradients inside the workspace (nothing is read
-  // back to the host).
+  // The core applies the update to each row as the segment reduction
+  // finishes it, on both devices: the row gradient is never written and
+  // nothing is read back to the host.
   at::Tensor weights_acc = check_inputs(kBwd, values, indices_in, weights);
   at::Tensor indices = indices_in.contiguous();
   at::Tensor grad_out = check_grad_out(grad_out_in, values, indices);

@@ -395,6 +395,171 @@ void check_row_update(mk_row_optimizer kind, mk_dtype dtype) {
   for (void* p : {(void*)dt, (void*)dt16, (void*)drows, (void*)dg, (void*)d1, (void*)d2}) cudaFree(p);
 }
 
+// The backward with an update applied inside the reduction equals the
+// capacity form of the fp32 row gradients fed to mk_sparse_row_update, bit
+// for bit (values, states, weights' gradient), on CUDA; and the CPU
+// library's fused backward within rounding. fp32 or bf16 (as raw bits) tables,
+// a share of the pairs on one hot row (split segments).
+void check_fused_update(mk_row_optimizer kind, bool bf16, int64_t D, double max_row_norm) {
+  const int64_t N = 300, T = 64, B = 8, P = T * B;
+  std::mt19937 rng(unsigned(D * 7 + int(kind)));
+  std::normal_distribution<float> nd;
+  std::uniform_int_distribution<int64_t> ud(0, N - 1);
+  std::vector<float> table(static_cast<size_t>(N * D)), grad_out(static_cast<size_t>(T * D)),
+      weights(static_cast<size_t>(P));
+  for (auto& x : table) x = nd(rng);
+  for (auto& x : grad_out) x = nd(rng);
+  for (auto& x : weights) x = nd(rng);
+  std::vector<int64_t> idx(static_cast<size_t>(P));
+  for (int64_t p = 0; p < P; ++p) idx[size_t(p)] = p % 3 == 0 ? 7 : ud(rng);  // row 7: ~170 pairs, 3 chunks
+  auto bits16 = [](const std::vector<float>& v) {
+    std::vector<uint16_t> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      uint32_t u;
+      std::memcpy(&u, &v[i], 4);
+      b[i] = uint16_t(u >> 16);
+    }
+    return b;
+  };
+  const std::vector<uint16_t> table16 = bits16(table), gout16 = bits16(grad_out);
+  const bool rowwise = kind == MK_OPT_ADAGRAD_ROWWISE, full = kind == MK_OPT_ADAM;
+  const std::vector<float> s1(size_t(rowwise ? N : N * D), 0.25f), s2(size_t(full ? N * D : N), 0.5f);
+  mk_row_update u{};
+  u.kind = kind;
+  u.lr = 0.05;
+  u.beta1 = 0.9;
+  u.beta2 = 0.98;
+  u.eps = 1e-6;
+  u.weight_decay = 0.01;
+  u.max_row_norm = max_row_norm;
+  u.step = 4;
+  u.stochastic_rounding = bf16;
+  u.seed = 9;
+  mk_embedding_bag_bwd_args b{};
+  b.num_rows = N;
+  b.dim = D;
+  b.num_bags = T;
+  b.bag_size = B;
+  b.value_dtype = bf16 ? MK_BF16 : MK_F32;
+  b.index_dtype = MK_I64;
+  b.values_row_stride = D;
+  const size_t vbytes = bf16 ? 2 : 4;
+  struct Dev {
+    void* table;
+    float *s1, *s2, *gw;
+  };
+  float* dweights = to_device(weights);
+  int64_t* didx = to_device(idx);
+  void* dgout = bf16 ? (void*)to_device(gout16) : (void*)to_device(grad_out);
+  auto fresh = [&]() {
+    Dev d;
+    d.table = bf16 ? (void*)to_device(table16) : (void*)to_device(table);
+    d.s1 = to_device(s1);
+    d.s2 = to_device(s2);
+    cudaMalloc(&d.gw, P * sizeof(float));
+    return d;
+  };
+  auto backward = [&](mk_embedding_bag_bwd_args& a, mk_device dev) {
+    size_t bytes = 0;
+    CHECK(mk_embedding_bag_backward_workspace_size(&a, dev, &bytes) == MK_OK, "size");
+    void* ws = nullptr;
+    std::vector<unsigned char> hws;
+    if (dev == MK_CUDA) cudaMalloc(&ws, std::max<size_t>(1, bytes));
+    else { hws.resize(bytes); ws = hws.data(); }
+    CHECK(mk_embedding_bag_backward_plan(&a, ws, bytes, dev, nullptr) == MK_OK, "plan");
+    CHECK(mk_embedding_bag_backward_reduce(&a, ws, bytes, dev, nullptr) == MK_OK, "reduce");
+    if (dev == MK_CUDA) cudaFree(ws);
+  };
+  // Fused on CUDA.
+  Dev f = fresh();
+  mk_row_update uf = u;
+  uf.state1 = f.s1;
+  uf.state2 = f.s2;
+  mk_embedding_bag_bwd_args a = b;
+  a.values = f.table;
+  a.indices = didx;
+  a.weights = dweights;
+  a.grad_out = dgout;
+  a.grad_weights = f.gw;
+  a.update = &uf;
+  backward(a, MK_CUDA);
+  // Capacity form, then the standalone update, on CUDA.
+  Dev s = fresh();
+  const int64_t cap = std::min(N, P);
+  int64_t* drows;
+  float* dgrads;
+  cudaMalloc(&drows, cap * sizeof(int64_t));
+  cudaMalloc(&dgrads, cap * D * sizeof(float));
+  a = b;
+  a.values = s.table;
+  a.indices = didx;
+  a.weights = dweights;
+  a.grad_out = dgout;
+  a.grad_weights = s.gw;
+  a.sparse_rows = drows;
+  a.sparse_grads = dgrads;
+  a.sparse_grads_acc = 1;
+  a.sparse_capacity = cap;
+  backward(a, MK_CUDA);
+  mk_sparse_row_update_args ua{};
+  ua.num_rows = N;
+  ua.dim = D;
+  ua.value_dtype = b.value_dtype;
+  ua.table = s.table;
+  ua.table_row_stride = D;
+  ua.num_updates = cap;
+  ua.rows = drows;
+  ua.grads = dgrads;
+  ua.update = u;
+  ua.update.state1 = s.s1;
+  ua.update.state2 = s.s2;
+  CHECK(mk_sparse_row_update(&ua, MK_CUDA, nullptr) == MK_OK, "standalone update");
+  const size_t tbytes = size_t(N * D) * vbytes;
+  std::vector<unsigned char> tf(tbytes), ts(tbytes);
+  cudaMemcpy(tf.data(), f.table, tbytes, cudaMemcpyDeviceToHost);
+  cudaMemcpy(ts.data(), s.table, tbytes, cudaMemcpyDeviceToHost);
+  CHECK(tf == ts, "fused table differs from capacity form + update (kind %d, D %lld)", int(kind), (long long)D);
+  CHECK(to_host(f.s1, s1.size()) == to_host(s.s1, s1.size()) && to_host(f.s2, s2.size()) == to_host(s.s2, s2.size()),
+        "fused states differ (kind %d, D %lld)", int(kind), (long long)D);
+  CHECK(to_host(f.gw, size_t(P)) == to_host(s.gw, size_t(P)), "fused weights' gradient differs");
+  CHECK(tf != std::vector<unsigned char>(tbytes, 0) && std::memcmp(tf.data(), bf16 ? (const void*)table16.data() : (const void*)table.data(), tbytes) != 0,
+        "nothing was updated");
+  // The CPU library's fused backward.
+  std::vector<float> ct = table, c1 = s1, c2 = s2, cgw(static_cast<size_t>(P));
+  std::vector<uint16_t> ct16 = table16;
+  mk_row_update uc = u;
+  uc.state1 = c1.data();
+  uc.state2 = c2.data();
+  a = b;
+  a.values = bf16 ? (void*)ct16.data() : (void*)ct.data();
+  a.indices = idx.data();
+  a.weights = weights.data();
+  a.grad_out = bf16 ? (const void*)gout16.data() : (const void*)grad_out.data();
+  a.grad_weights = cgw.data();
+  a.update = &uc;
+  backward(a, MK_CPU);
+  int64_t differ = 0;
+  double err = 0;
+  for (int64_t i = 0; i < N * D; ++i) {
+    float x, y;
+    if (bf16) {
+      uint32_t p = uint32_t(tf[size_t(2 * i)] | (tf[size_t(2 * i + 1)] << 8)) << 16, q = uint32_t(ct16[size_t(i)]) << 16;
+      std::memcpy(&x, &p, 4);
+      std::memcpy(&y, &q, 4);
+    } else {
+      std::memcpy(&x, &tf[size_t(4 * i)], 4);
+      y = ct[size_t(i)];
+    }
+    differ += x != y;
+    err = std::fmax(err, std::fabs(double(x) - y) / (1.0 + std::fabs(double(y))));
+  }
+  CHECK(err <= (bf16 ? 8e-3 : 1e-5), "fused table %g from the CPU's (kind %d, D %lld)", err, int(kind), (long long)D);
+  CHECK(!bf16 || differ * 100 <= N * D, "%lld bf16 values differ from the CPU's", (long long)differ);
+  for (void* p : {f.table, (void*)f.s1, (void*)f.s2, (void*)f.gw, s.table, (void*)s.s1, (void*)s.s2, (void*)s.gw,
+                  (void*)drows, (void*)dgrads, (void*)dweights, (void*)didx, dgout})
+    cudaFree(p);
+}
+
 }  // namespace
 
 int main() {
@@ -437,5 +602,9 @@ int main() {
   check_row_update(MK_OPT_ADAM, MK_F32);
   check_row_update(MK_OPT_ADAGRAD_ROWWISE, MK_F32);
   check_row_update(MK_OPT_ADAM, MK_BF16);
+  check_fused_update(MK_OPT_ADAM, true, 1032, 0.0);             // 16-byte vectors, two tiles
+  check_fused_update(MK_OPT_ADAM_ROWWISE, false, 260, 0.5);     // clipping + a row statistic
+  check_fused_update(MK_OPT_ADAGRAD_ROWWISE, false, 37, 0.0);   // scalar path
+  check_fused_update(MK_OPT_SGD, true, 64, 1.0);
   return finish("test_core_cuda");
 }

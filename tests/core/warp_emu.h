@@ -1,8 +1,9 @@
 // A 32-lane emulation of the CUDA warp intrinsics on the CPU, so that warp
 // code written for the GPU (csrc/core/warp_select_internal.cuh,
 // embedding_bag_forward_kernel_internal.cuh,
-// embedding_bag_backward_kernel_internal.cuh) runs here, unchanged, in the
-// core's tests.
+// embedding_bag_backward_kernel_internal.cuh, row_update_kernel_internal.cuh)
+// runs here, unchanged, in the core's tests. Grids may have two dimensions
+// (blockIdx.y); blockDim.x is the launch's thread count.
 //
 // Each thread of a block is a fiber (its own stack); all run on one OS thread
 // and switch only inside the intrinsics, so shared memory is plain memory and a
@@ -56,7 +57,9 @@ struct State {
   std::vector<Fiber> fibers;
   void* sched_jb[5];
   int cur = 0;
-  unsigned block = 0, grid = 1;
+  unsigned block = 0, grid = 1;      // x
+  unsigned block_y = 0, grid_y = 1;  // y
+  unsigned threads = 32;
   std::vector<int> arrived;
   std::vector<long> generation;
   std::vector<uint64_t> slot;  // one exchange word per thread
@@ -77,11 +80,18 @@ inline Dim3 thread_idx() {
 inline Dim3 block_idx() {
   Dim3 d;
   d.x = st().block;
+  d.y = st().block_y;
   return d;
 }
 inline Dim3 grid_dim() {
   Dim3 d;
   d.x = st().grid;
+  d.y = st().grid_y;
+  return d;
+}
+inline Dim3 block_dim() {
+  Dim3 d;
+  d.x = st().threads;
   return d;
 }
 
@@ -145,17 +155,21 @@ __attribute__((noinline)) inline void resume() {
 }
 
 // Runs body() as each of the `threads` threads (a multiple of 32) of each of
-// `blocks` blocks, one block after another. Returns false on a deadlock.
-inline bool launch(unsigned blocks, int threads, const std::function<void()>& body) {
+// the blocks x blocks_y blocks of a grid, one block after another. Returns
+// false on a deadlock.
+inline bool launch(unsigned blocks, int threads, const std::function<void()>& body, unsigned blocks_y = 1) {
   assert(threads % 32 == 0);
   State& s = st();
   s.body = &body;
   s.grid = blocks;
+  s.grid_y = blocks_y;
+  s.threads = unsigned(threads);
   s.fibers.assign(size_t(threads), Fiber{});
   s.slot.assign(size_t(threads), 0);
   for (auto& f : s.fibers) f.stack.resize(size_t(1) << 18);
-  for (unsigned b = 0; b < blocks; ++b) {
-    s.block = b;
+  for (unsigned b = 0; b < blocks * blocks_y; ++b) {
+    s.block = b % blocks;
+    s.block_y = b / blocks;
     s.arrived.assign(size_t(threads / 32), 0);
     s.generation.assign(size_t(threads / 32), 0);
     for (int t = 0; t < threads; ++t) {
@@ -192,6 +206,7 @@ inline bool launch(unsigned blocks, int threads, const std::function<void()>& bo
 #define threadIdx (::emu::thread_idx())
 #define blockIdx (::emu::block_idx())
 #define gridDim (::emu::grid_dim())
+#define blockDim (::emu::block_dim())
 
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   assert(mask == 0xffffffffu);
