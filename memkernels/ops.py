@@ -9,7 +9,7 @@ embedding bag's backward hand a table's gradient to an update instead of
 autograd (what ``memkernels.optim.SparseRowOptimizer.fuse`` uses).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
@@ -255,6 +255,12 @@ class RowUpdate:
     ``(seed, step, row, column_offset + column)``: a table that is a column
     shard of a wider one gives its first column's place there, and rounds as
     the whole table would.
+
+    ``step_tensor`` (one int64 on the table's device) and ``lr_scale`` (one
+    float32 there), when given, are read when the update runs: the step count
+    replaces ``step``, and ``lr`` (and with it the weight decay) is multiplied
+    by ``lr_scale``. A call captured in a CUDA graph then serves every replay,
+    as the step count advances on the device.
     """
 
     kind: str
@@ -268,6 +274,8 @@ class RowUpdate:
     stochastic_rounding: bool = False
     seed: int = 0
     column_offset: int = 0
+    step_tensor: Optional[Tensor] = field(default=None, compare=False)
+    lr_scale: Optional[Tensor] = field(default=None, compare=False)
 
     def hyper(self) -> List[float]:
         """The schema's ``hyper`` list: lr, beta1, beta2, eps, weight_decay, max_row_norm."""
@@ -295,7 +303,7 @@ def sparse_row_update(table: Tensor, rows: Tensor, grads: Tensor, update: RowUpd
     """
     torch.ops.memkernels.sparse_row_update.default(table, rows, grads, state1, state2, update.kind, update.hyper(),
                                                    update.step, update.stochastic_rounding, update.seed,
-                                                   update.column_offset)
+                                                   update.column_offset, update.step_tensor, update.lr_scale)
 
 
 def embedding_bag_backward_update(grad_out: Tensor, values: Tensor, indices: Tensor, weights: Tensor,
@@ -308,18 +316,18 @@ def embedding_bag_backward_update(grad_out: Tensor, values: Tensor, indices: Ten
     :func:`embedding_bag` and :func:`sparse_row_update`."""
     return torch.ops.memkernels.embedding_bag_backward_update.default(
         grad_out, values, indices, weights, state1, state2, update.kind, update.hyper(), update.step,
-        update.stochastic_rounding, update.seed, update.column_offset)
+        update.stochastic_rounding, update.seed, update.column_offset, update.step_tensor, update.lr_scale)
 
 
 @torch.library.register_fake("memkernels::sparse_row_update")
 def _sparse_row_update_fake(table, rows, grads, state1, state2, kind, hyper, step, stochastic_rounding, seed,
-                            column_offset=0):
+                            column_offset=0, step_tensor=None, lr_scale=None):
     return None
 
 
 @torch.library.register_fake("memkernels::embedding_bag_backward_update")
 def _embedding_bag_backward_update_fake(grad_out, values, indices, weights, state1, state2, kind, hyper, step,
-                                        stochastic_rounding, seed, column_offset=0):
+                                        stochastic_rounding, seed, column_offset=0, step_tensor=None, lr_scale=None):
     acc = torch.float64 if values.dtype == torch.float64 else torch.float32
     return weights.new_empty(weights.shape, dtype=acc)
 

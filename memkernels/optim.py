@@ -85,6 +85,12 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             state's own salt): half the state memory and bytes of fp32
             moments; ``[N]`` states stay fp32. None (default): fp32 (fp64
             for fp64 tables). Not for fp64 tables.
+        capturable: keep each table's step count on its device and let the
+            update read it there (as ``torch.optim.Adam(capturable=True)``
+            does), so that a training step with fused value updates can be
+            captured in a CUDA graph and replayed: the count advances on the
+            device at every replay. The learning rate and the other
+            hyper-parameters are those at capture time.
 
     Optimizer state is fp32 (fp64 for fp64 tables): ``exp_avg`` and
     ``exp_avg_sq`` ``[N, D]`` for Adam, ``exp_avg`` ``[N, D]`` and
@@ -106,6 +112,7 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         stochastic_rounding: bool = False,
         seed: int = 0,
         state_dtype: Optional[torch.dtype] = None,
+        capturable: bool = False,
     ):
         if algorithm not in _ALGORITHMS:
             raise ValueError(f"SparseRowOptimizer: algorithm must be one of {sorted(_ALGORITHMS)}; got {algorithm!r}")
@@ -118,7 +125,7 @@ class SparseRowOptimizer(torch.optim.Optimizer):
                              f"{state_dtype}")
         defaults = dict(algorithm=algorithm, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         max_row_norm=max_row_norm, stochastic_rounding=stochastic_rounding, seed=seed,
-                        state_dtype=state_dtype)
+                        state_dtype=state_dtype, capturable=bool(capturable))
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -135,7 +142,8 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             acc = torch.float64 if p.dtype == torch.float64 else torch.float32
             # A 0-d CPU tensor (as torch.optim's Adam keeps it): checkpoints
             # (torch.distributed.checkpoint among them) load it in place.
-            state["step"] = torch.zeros((), dtype=torch.int64)
+            # Capturable: on the table's device, read there by the update.
+            state["step"] = torch.zeros((), dtype=torch.int64, device=self._step_device(p, group))
             kind = _ALGORITHMS[group["algorithm"]]
             wide = group.get("state_dtype") or acc  # the [N, D] states' dtype
             if kind == "adam":
@@ -147,6 +155,12 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             elif kind == "adagrad_rowwise":
                 state["sum"] = _state_like(p, (p.shape[0],), acc)
         return state
+
+    @staticmethod
+    def _step_device(p: Tensor, group: dict) -> torch.device:
+        if not group.get("capturable", False):
+            return torch.device("cpu")
+        return p.to_local().device if _is_dtensor(p) else p.device
 
     def init_state(self) -> None:
         """Allocates every parameter's state now (zeros, step 0) instead of at
@@ -160,7 +174,7 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         """As ``torch.optim.Optimizer.load_state_dict``, except that the state
         keeps its dtype (the base class casts state to the parameter's dtype,
         which would round a bfloat16 table's fp32 moments) and ``step`` stays
-        a CPU tensor."""
+        a CPU tensor (on the table's device when capturable)."""
         saved = state_dict["state"]
         super().load_state_dict({**state_dict, "state": {}})
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -171,7 +185,8 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             state = {}
             for key, value in st.items():
                 if key == "step":
-                    state[key] = torch.as_tensor(value, dtype=torch.int64).reshape(()).cpu()
+                    state[key] = torch.as_tensor(value, dtype=torch.int64).reshape(()).to(
+                        self._step_device(p, self._group_of(p)))
                 elif torch.is_tensor(value):
                     state[key] = value.to(device=p.device)
                 else:
@@ -183,10 +198,13 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         state = self._state(p, group)
         state["step"] += 1
         beta1, beta2 = group["betas"]
+        # Capturable: the update reads the count on the device (no host read).
+        capturable = group.get("capturable", False)
         update = RowUpdate(_ALGORITHMS[group["algorithm"]], lr=float(group["lr"]), beta1=float(beta1),
                            beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
-                           max_row_norm=float(group["max_row_norm"]), step=int(state["step"]),
-                           stochastic_rounding=bool(group["stochastic_rounding"]), seed=int(group["seed"]))
+                           max_row_norm=float(group["max_row_norm"]), step=1 if capturable else int(state["step"]),
+                           stochastic_rounding=bool(group["stochastic_rounding"]), seed=int(group["seed"]),
+                           step_tensor=state["step"] if capturable else None)
         return state.get("exp_avg", state.get("sum")), state.get("exp_avg_sq"), update
 
     def _group_of(self, p: Tensor) -> dict:

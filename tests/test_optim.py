@@ -440,3 +440,123 @@ def test_bf16_state_bad_configurations(device):
         SparseRowOptimizer([torch.nn.Parameter(t64)], "adam", state_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="state_dtype"):
         SparseRowOptimizer([torch.nn.Parameter(table)], "adam", state_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("algorithm", ["adamw", "adam_rowwise"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_capturable_step_count_on_the_device(device, algorithm, fused):
+    """capturable=True keeps the step count on the table's device, where the
+    update reads it: training is bitwise that of the host-side count (fused
+    and sparse paths), the count advances without a host read, and a state
+    dict round trip keeps it on the device."""
+    data = batches(device, steps=4)
+    tables, opts = [], []
+    for capturable in (False, True):
+        t = fresh(device, torch.bfloat16)
+        opt = SparseRowOptimizer([t], algorithm, lr=0.05, weight_decay=0.01, stochastic_rounding=True,
+                                 capturable=capturable)
+        if fused:
+            opt.fuse(t)
+        tables.append(t)
+        opts.append(opt)
+    for idx, w, target in data:
+        for t, opt in zip(tables, opts):
+            out = memkernels.embedding_bag(t, idx, w, sparse=not fused)
+            (out - target).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+    assert torch.equal(tables[0], tables[1])
+    host, dev = opts[0].state[tables[0]], opts[1].state[tables[1]]
+    assert host["step"].device.type == "cpu" and dev["step"].device == tables[1].device
+    assert int(dev["step"]) == len(data)
+    for key in host:
+        assert torch.equal(host[key].cpu(), dev[key].cpu()), key
+    saved = copy.deepcopy(opts[1].state_dict())
+    c = torch.nn.Parameter(tables[1].detach().clone())
+    opt_c = SparseRowOptimizer([c], algorithm, lr=0.05, weight_decay=0.01, stochastic_rounding=True,
+                               capturable=True)
+    opt_c.load_state_dict(saved)
+    assert opt_c.state[c]["step"].device == c.device and int(opt_c.state[c]["step"]) == len(data)
+
+
+def test_run_time_step_and_lr_scale_of_the_ops(device):
+    """RowUpdate.step_tensor / lr_scale: read when the op runs, so the same
+    RowUpdate serves every step; equal to the host-side step and lr."""
+    a, b = fresh(device), fresh(device)
+    sa, sb = [torch.zeros(N, D, device=device) for _ in range(2)], [torch.zeros(N, D, device=device) for _ in range(2)]
+    step = torch.zeros((), dtype=torch.int64, device=device)
+    scale = torch.full((), 0.5, dtype=torch.float32, device=device)
+    run_time = memkernels.RowUpdate("adam", lr=0.1, weight_decay=0.01, step=1, step_tensor=step, lr_scale=scale)
+    for i, (idx, w, target) in enumerate(batches(device, steps=3)):
+        host = memkernels.RowUpdate("adam", lr=0.05, weight_decay=0.01, step=i + 1)
+        gout = target.to(a.dtype)
+        step += 1
+        ga = memkernels.ops.embedding_bag_backward_update(gout, a, idx, w, host, *sa)
+        gb = memkernels.ops.embedding_bag_backward_update(gout, b, idx, w, run_time, *sb)
+        assert torch.equal(ga, gb)
+        assert torch.equal(a, b) and torch.equal(sa[0], sb[0]) and torch.equal(sa[1], sb[1])
+    with pytest.raises(RuntimeError, match="step_tensor must be one"):
+        bad = dataclasses.replace(run_time, step_tensor=torch.zeros(2, dtype=torch.int64, device=device))
+        memkernels.ops.embedding_bag_backward_update(gout, b, idx, w, bad, *sb)
+    with pytest.raises(RuntimeError, match="lr_scale must be one"):
+        bad = dataclasses.replace(run_time, lr_scale=torch.ones((), dtype=torch.float64, device=device))
+        memkernels.ops.embedding_bag_backward_update(gout, b, idx, w, bad, *sb)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graph_captures_a_whole_training_step():
+    """Forward, backward with the fused row-sparse AdamW update of the values,
+    and torch's capturable Adam for the rest, captured in ONE CUDA graph and
+    replayed on new inputs: a capture fails if anything in it synchronises
+    the host, and every replay matches an eager twin (same kernels, so the
+    same numbers), with the step counts advanced on the device."""
+    torch.manual_seed(0)
+    dim, T = 64, 48
+
+    def build():
+        torch.manual_seed(0)
+        layer = ProductKeyMemory(dim, n_keys=32, heads=2, knn=8, k_dim=32, device="cuda")
+        dense, values = param_groups(layer, lr=1e-2)
+        opt_dense = torch.optim.Adam(dense["params"], lr=1e-3, capturable=True)
+        opt_values = SparseRowOptimizer(values["params"], "adamw", lr=values["lr"], weight_decay=0.01,
+                                        capturable=True)
+        layer.fuse_value_updates(opt_values)
+        return layer, opt_dense, opt_values
+
+    def step(layer, opt_dense, x, target):
+        loss = (layer(x) - target).square().mean()
+        loss.backward()
+        opt_dense.step()
+        return loss
+
+    graphed, eager = build(), build()
+    data = [(torch.randn(T, dim, device="cuda"), torch.randn(T, dim, device="cuda")) for _ in range(6)]
+    static_x, static_t = data[0][0].clone(), data[0][1].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (state allocated, first-call checks) outside the capture
+        for x, t in data[:2]:
+            for layer, opt_dense, _ in (graphed, eager):
+                opt_dense.zero_grad(set_to_none=True)
+                step(layer, opt_dense, x, t)
+    torch.cuda.current_stream().wait_stream(side)
+    layer, opt_dense, opt_values = graphed
+    opt_dense.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step(layer, opt_dense, static_x, static_t)
+    # The capture itself ran nothing: replay it on each new batch.
+    for x, t in data[2:]:
+        static_x.copy_(x)
+        static_t.copy_(t)
+        graph.replay()
+        e_layer, e_dense, _ = eager
+        e_dense.zero_grad(set_to_none=True)
+        e_loss = step(e_layer, e_dense, x, t)
+        torch.testing.assert_close(static_loss, e_loss)
+        for (n, p), (_, q) in zip(layer.named_parameters(), e_layer.named_parameters()):
+            torch.testing.assert_close(p, q, msg=lambda m, n=n: f"{n}: {m}")
+    values = layer.values.weight
+    assert int(opt_values.state[values]["step"]) == 2 + len(data[2:])
+    assert values.grad is None

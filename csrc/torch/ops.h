@@ -63,6 +63,11 @@ struct UpdateSpec {
   bool stochastic_rounding;
   int64_t seed;
   int64_t column_offset;  // the table's first column in the whole table it is a shard of
+  // Read at run time when given (one int64 / one float32 on the table's
+  // device): the step count replacing `step`, and a factor on lr. So a
+  // captured CUDA graph or a compiled call serves every step.
+  c10::optional<at::Tensor> step_tensor;
+  c10::optional<at::Tensor> lr_scale;
 };
 
 // The core's update of `table` described by spec, with its state checked.

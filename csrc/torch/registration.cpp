@@ -46,11 +46,12 @@ TORCH_LIBRARY(memkernels, m) {
   m.def(
       "sparse_row_update(Tensor(a!) table, Tensor rows, Tensor grads, Tensor(b!)? state1, "
       "Tensor(c!)? state2, str kind, float[] hyper, int step, bool stochastic_rounding, "
-      "int seed, int column_offset=0) -> ()");
+      "int seed, int column_offset=0, Tensor? step_tensor=None, Tensor? lr_scale=None) -> ()");
   m.def(
       "embedding_bag_backward_update(Tensor grad_out, Tensor(a!) values, Tensor indices, "
       "Tensor weights, Tensor(b!)? state1, Tensor(c!)? state2, str kind, float[] hyper, "
-      "int step, bool stochastic_rounding, int seed, int column_offset=0) -> Tensor grad_weights");
+      "int step, bool stochastic_rounding, int seed, int column_offset=0, Tensor? step_tensor=None, "
+      "Tensor? lr_scale=None) -> Tensor grad_weights");
 }
 
 namespace mkt {
@@ -113,21 +114,24 @@ at::Tensor embedding_bag_backward_with_update(
     const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
     const at::Tensor& weights, const c10::optional<at::Tensor>& state1,
     const c10::optional<at::Tensor>& state2, c10::string_view kind, c10::ArrayRef<double> hyper,
-    int64_t step, bool stochastic_rounding, int64_t seed, int64_t column_offset) {
+    int64_t step, bool stochastic_rounding, int64_t seed, int64_t column_offset,
+    const c10::optional<at::Tensor>& step_tensor, const c10::optional<at::Tensor>& lr_scale) {
   const c10::DeviceGuard guard(values.device());
   return embedding_bag_backward_update(
       grad_out, values, indices, weights, state1, state2,
-      UpdateSpec{std::string(kind), hyper, step, stochastic_rounding, seed, column_offset},
+      UpdateSpec{std::string(kind), hyper, step, stochastic_rounding, seed, column_offset, step_tensor, lr_scale},
       backend_of(values));
 }
 
 void row_update(const at::Tensor& table, const at::Tensor& rows, const at::Tensor& grads,
                 const c10::optional<at::Tensor>& state1, const c10::optional<at::Tensor>& state2,
                 c10::string_view kind, c10::ArrayRef<double> hyper, int64_t step,
-                bool stochastic_rounding, int64_t seed, int64_t column_offset) {
+                bool stochastic_rounding, int64_t seed, int64_t column_offset,
+                const c10::optional<at::Tensor>& step_tensor, const c10::optional<at::Tensor>& lr_scale) {
   const c10::DeviceGuard guard(table.device());
   sparse_row_update(table, rows, grads, state1, state2,
-                    UpdateSpec{std::string(kind), hyper, step, stochastic_rounding, seed, column_offset},
+                    UpdateSpec{std::string(kind), hyper, step, stochastic_rounding, seed, column_offset, step_tensor,
+                               lr_scale},
                     backend_of(table));
 }
 

@@ -48,6 +48,15 @@ mk_row_update make_update(const at::Tensor& table, const c10::optional<at::Tenso
   u.weight_decay = spec.hyper[4];
   u.max_row_norm = spec.hyper[5];
   u.step = spec.step;
+  auto run_time = [&](const c10::optional<at::Tensor>& t, const char* name, at::ScalarType dtype) -> const void* {
+    if (!t.has_value() || !t->defined()) return nullptr;
+    check_same_device(kOp, table, "table", *t, name);
+    TORCH_CHECK(t->scalar_type() == dtype && t->numel() == 1, kOp, ": ", name, " must be one ", dtype,
+                " element; got ", t->scalar_type(), " of shape ", t->sizes());
+    return t->data_ptr();
+  };
+  u.step_ptr = static_cast<const int64_t*>(run_time(spec.step_tensor, "step_tensor", at::kLong));
+  u.lr_scale = static_cast<const float*>(run_time(spec.lr_scale, "lr_scale", at::kFloat));
   u.stochastic_rounding = spec.stochastic_rounding ? 1 : 0;
   u.seed = uint64_t(spec.seed);
   TORCH_CHECK(spec.column_offset >= 0, kOp, ": column_offset must be >= 0; got ", spec.column_offset);
@@ -78,7 +87,7 @@ mk_row_update make_update(const at::Tensor& table, const c10::optional<at::Tenso
     return st->data_ptr();
   };
   if (u.kind == MK_OPT_ADAM || u.kind == MK_OPT_ADAM_ROWWISE) {
-    TORCH_CHECK(u.step >= 1, kOp, ": ", spec.kind,
+    TORCH_CHECK(u.step_ptr || u.step >= 1, kOp, ": ", spec.kind,
                 " needs step >= 1 (the count including this update); got ", u.step);
     u.state1 = check_state(state1, "state1 (exp_avg)", {N, D});
     if (u.kind == MK_OPT_ADAM) {
