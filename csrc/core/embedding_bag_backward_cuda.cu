@@ -1,7 +1,8 @@
 // CUDA backward of the weighted embedding bag, atomic-free and deterministic
 // (docs/embedding_bag.md):
 //   plan:   CUB stable radix sort of (row, pair) over ceil(log2 N) bits,
-//           run-length segments, chunk and partial offsets, the hot list;
+//           run-length segments, chunk and partial offsets, the hot list,
+//           the segment of each chunk;
 //   reduce: a warp per chunk of at most C pairs (a short segment is one chunk)
 //           computes the row gradient in fp32 and, with the row V[r] loaded
 //           once per chunk, every pair's weight gradient <grad_out[t], V[r]>;
@@ -58,6 +59,13 @@ __global__ void hot_list_kernel(const int32_t* hot_flags, const int32_t* hot_off
   for (int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; s < n;
        s += int64_t(gridDim.x) * blockDim.x)
     if (hot_flags[s]) hot_list[hot_offsets[s]] = int32_t(s);
+}
+
+// The segment of each chunk (embedding_bag_backward_kernel_internal.cuh),
+// into pair_ids: the sort's input, dead after it; chunks never outnumber
+// pairs (a segment of L pairs has at most L chunks).
+__global__ void map_chunks_kernel(const int32_t* counters, const int32_t* chunk_offsets, int32_t* chunk_segments) {
+  ebbwd::map_chunks(counters, chunk_offsets, chunk_segments);
 }
 
 __global__ void finalize_counters_kernel(int32_t* counters, const int32_t* chunk_offsets,
@@ -154,6 +162,8 @@ mk_status plan(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspaceLa
   MK_LAUNCH_CHECK();
   finalize_counters_kernel<<<1, 1, 0, stream>>>(counters, chunk_offsets, hot_offsets, P);
   MK_LAUNCH_CHECK();
+  map_chunks_kernel<<<elementwise_grid(P), 256, 0, stream>>>(counters, chunk_offsets, pair_ids);
+  MK_LAUNCH_CHECK();
   return MK_OK;
 }
 
@@ -241,6 +251,7 @@ mk_status reduce(const mk_embedding_bag_bwd_args& a, char* ws, const EbWorkspace
   p.sorted_pairs = at<int32_t>(ws, l.sorted_pairs);
   p.seg_offsets = at<int32_t>(ws, l.seg_offsets);
   p.chunk_offsets = at<int32_t>(ws, l.chunk_offsets);
+  p.chunk_segments = at<int32_t>(ws, l.pair_ids);  // map_chunks_kernel wrote it there
   p.partial_offsets = at<int32_t>(ws, l.partial_offsets);
   p.hot_list = at<int32_t>(ws, l.hot_list);
   p.N = a.num_rows;

@@ -92,6 +92,7 @@ struct BwdParams {
   const int32_t* sorted_pairs;
   const int32_t* seg_offsets;
   const int32_t* chunk_offsets;
+  const int32_t* chunk_segments;  // [chunks] the segment of each chunk (map_chunks)
   const int32_t* partial_offsets;
   const int32_t* hot_list;
   int64_t N, D, B, stride, C;
@@ -121,15 +122,36 @@ __device__ __forceinline__ acc_t<V>* row_dest_acc(const BwdParams<V, K>& p, int3
   return p.grad_sparse_acc + int64_t(s) * p.D;
 }
 
+// The plan's last step: the segment of every chunk, so that a chunk's warp
+// reads it instead of searching chunk_offsets (a chain of about log2(U)
+// dependent loads per chunk). A thread per segment writes its chunks'
+// entries (grid-stride; the count is read on the device).
+__device__ __forceinline__ void map_chunks(const int32_t* counters, const int32_t* chunk_offsets,
+                                           int32_t* chunk_segments) {
+  const int32_t n_unique = counters[kNumUnique];
+  const int64_t step = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; s < n_unique; s += step)
+    for (int32_t c = chunk_offsets[s]; c < chunk_offsets[s + 1]; ++c) chunk_segments[c] = int32_t(s);
+}
+
+// The lane's pair of the chunk's first 32 (sorted_pairs[begin + lane]) and
+// its weight, loaded once per chunk for every column tile and pass.
+template <class A>
+struct FirstPairs {
+  int32_t pair = 0;
+  A w = A(0);
+};
+
 // The gradient of one column tile (columns col0 + (q * 32 + lane) * VEC + e)
 // of the chunk of pairs [begin, end), in pair order, into acc; with `dots`,
 // also each pair's <grad_out[t], v> over the tile, added to the weights'
 // gradient in tile order. v holds the tile of the value row (zeros for a
-// row out of range). Called by the whole warp (`dots` is warp-uniform).
+// row out of range); first, the chunk's first 32 pairs and weights. Called
+// by the whole warp (`dots` is warp-uniform).
 template <class V, class K, int VEC, int NV>
 __device__ __forceinline__ void chunk_tile(const BwdParams<V, K>& p, int32_t begin, int32_t end, int64_t col0,
-                                           bool dots, bool valid, const acc_t<V> (&v)[NV][VEC],
-                                           acc_t<V> (&acc)[NV][VEC]) {
+                                           bool dots, bool valid, const FirstPairs<acc_t<V>>& first,
+                                           const acc_t<V> (&v)[NV][VEC], acc_t<V> (&acc)[NV][VEC]) {
   using A = acc_t<V>;
   const int lane = int(threadIdx.x & 31);
 #pragma unroll
@@ -137,11 +159,15 @@ __device__ __forceinline__ void chunk_tile(const BwdParams<V, K>& p, int32_t beg
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[q][e] = A(0);
   for (int32_t i0 = begin; i0 < end; i0 += 32) {
-    int32_t my_pair = 0;
-    A my_w = A(0);
-    if (i0 + lane < end) {
-      my_pair = p.sorted_pairs[i0 + lane];
-      my_w = p.weights[my_pair];
+    int32_t my_pair = first.pair;
+    A my_w = first.w;
+    if (i0 != begin) {
+      my_pair = 0;
+      my_w = A(0);
+      if (i0 + lane < end) {
+        my_pair = p.sorted_pairs[i0 + lane];
+        my_w = p.weights[my_pair];
+      }
     }
     const int n = end - i0 < 32 ? end - i0 : 32;
     for (int ii = 0; ii < n; ++ii) {
@@ -215,13 +241,7 @@ __device__ __forceinline__ void reduce_chunks(const BwdParams<V, K>& p) {
 
   for (int64_t c = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5); c < n_chunks;
        c += stride_w) {
-    // Segment of chunk c: the last s with chunk_offsets[s] <= c.
-    int32_t lo = 0, hi = n_unique;
-    while (hi - lo > 1) {
-      const int32_t mid = (lo + hi) >> 1;
-      if (p.chunk_offsets[mid] <= c) lo = mid; else hi = mid;
-    }
-    const int32_t s = lo;
+    const int32_t s = p.chunk_segments[c];
     const int32_t k = int32_t(c) - p.chunk_offsets[s];
     const int32_t begin = p.seg_offsets[s] + k * int32_t(p.C);
     const int32_t seg_end = p.seg_offsets[s + 1];
@@ -233,6 +253,11 @@ __device__ __forceinline__ void reduce_chunks(const BwdParams<V, K>& p) {
     V* dest = split ? nullptr : row_dest(p, s);
     A* partial = split ? p.partials + int64_t(p.partial_offsets[s] + k) * p.D : row_dest_acc(p, s);
     const V* vrow = valid ? p.values + int64_t(r) * p.stride : nullptr;
+    FirstPairs<A> head;
+    if (begin + lane < end) {
+      head.pair = p.sorted_pairs[begin + lane];
+      head.w = p.weights[head.pair];
+    }
 
     rowupd::RowFactors<A> f;
     if (kUpdate && upd) {
@@ -244,7 +269,7 @@ __device__ __forceinline__ void reduce_chunks(const BwdParams<V, K>& p) {
           for (int q = 0; q < NV; ++q)
 #pragma unroll
             for (int e = 0; e < VEC; ++e) v[q][e] = A(0);
-          chunk_tile<V, K, VEC, NV>(p, begin, end, col0, false, valid, v, acc);
+          chunk_tile<V, K, VEC, NV>(p, begin, end, col0, false, valid, head, v, acc);
 #pragma unroll
           for (int q = 0; q < NV; ++q)
             if (col0 + (int64_t(q) * 32 + lane) * VEC < p.D) rowupd::add_squares<A, VEC>(sq, acc[q], f);
@@ -262,7 +287,7 @@ __device__ __forceinline__ void reduce_chunks(const BwdParams<V, K>& p) {
         for (int e = 0; e < VEC; ++e) v[q][e] = A(0);
         if ((wgrad || upd) && valid && col0 + cc < p.D) load_vec<V, VEC>(vrow + col0 + cc, v[q]);
       }
-      chunk_tile<V, K, VEC, NV>(p, begin, end, col0, wgrad, valid, v, acc);
+      chunk_tile<V, K, VEC, NV>(p, begin, end, col0, wgrad, valid, head, v, acc);
       if (!rows_wanted) continue;
 #pragma unroll
       for (int q = 0; q < NV; ++q) {

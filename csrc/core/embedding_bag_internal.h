@@ -41,7 +41,7 @@ enum EbCounter { kNumUnique = 0, kNumChunks = 1, kNumHot = 2, kNumCounters = 3 }
 // P = T * B pairs. Every buffer is 256-byte aligned.
 struct EbWorkspaceLayout {
   size_t counters;         // int32[kNumCounters]
-  size_t pair_ids;         // int32[P]      0..P-1, the sort's values
+  size_t pair_ids;         // int32[P]      0..P-1, the sort's values (CUDA: then each chunk's segment)
   size_t sorted_keys;      // index[P]
   size_t sorted_pairs;     // int32[P]
   size_t unique_rows;      // index[P]

@@ -2,7 +2,8 @@
 // and row_update_kernel_internal.cuh), run on the CPU under the warp emulation
 // of tests/core/warp_emu.h, on a plan built here as the CUDA plan builds it
 // (pairs stably sorted by the low ceil(log2 N) bits of their row, runs of
-// equal rows, chunks of C pairs, partial rows of split segments):
+// equal rows, chunks of C pairs, partial rows of split segments; the segment
+// of each chunk by the plan's own kernel body, checked):
 //  - the zeroing of untouched rows: every row no pair touched becomes +0 and
 //    every touched row keeps its bits, for row counts around the 32-row
 //    blocks, a grid smaller than the work, vector and scalar stores, no row
@@ -81,7 +82,7 @@ V from_double(double x) {
 template <class K>
 struct HostPlan {
   int32_t counters[mk::kNumCounters] = {0, 0, 0};
-  std::vector<int32_t> sorted_pairs, seg_offsets, chunk_offsets, partial_offsets, hot_list;
+  std::vector<int32_t> sorted_pairs, seg_offsets, chunk_offsets, partial_offsets, hot_list, chunk_segments;
   std::vector<K> unique;
 };
 
@@ -126,6 +127,17 @@ HostPlan<typename std::make_unsigned<I>::type> make_plan(const std::vector<I>& i
   pl.counters[mk::kNumChunks] = pl.chunk_offsets[size_t(P)];
   pl.counters[mk::kNumHot] = int32_t(std::count(hot.begin(), hot.end(), 1));
   pl.unique.resize(size_t(P + 1), K(0));
+  // The segment of each chunk, by the plan's kernel body under the emulation
+  // (entries past the chunk count stale), checked against a plain loop.
+  pl.chunk_segments.assign(size_t(std::max<int64_t>(P, 1)), -5);
+  CHECK(emu::launch(2, 64, [&] { mk::ebbwd::map_chunks(pl.counters, pl.chunk_offsets.data(), pl.chunk_segments.data()); }),
+        "map_chunks deadlocked");
+  for (int32_t s = 0; s < pl.counters[mk::kNumUnique]; ++s)
+    for (int32_t c = pl.chunk_offsets[size_t(s)]; c < pl.chunk_offsets[size_t(s + 1)]; ++c)
+      CHECK(pl.chunk_segments[size_t(c)] == s, "chunk %d: segment %d, want %d", c, pl.chunk_segments[size_t(c)], s);
+  CHECK(pl.counters[mk::kNumChunks] <= std::max<int64_t>(P, 1), "more chunks than pairs");
+  for (size_t c = size_t(pl.counters[mk::kNumChunks]); c < pl.chunk_segments.size(); ++c)
+    CHECK(pl.chunk_segments[c] == -5, "map_chunks wrote past the chunk count (%zu)", c);
   return pl;
 }
 
@@ -175,6 +187,7 @@ struct BwdCase {
     p.sorted_pairs = pl.sorted_pairs.data();
     p.seg_offsets = pl.seg_offsets.data();
     p.chunk_offsets = pl.chunk_offsets.data();
+    p.chunk_segments = pl.chunk_segments.data();
     p.partial_offsets = pl.partial_offsets.data();
     p.hot_list = pl.hot_list.data();
     p.N = N;
