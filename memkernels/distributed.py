@@ -29,6 +29,7 @@ the same order: they are collective.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -315,18 +316,20 @@ def backward_update_shard(param: Tensor, grad_cols: Tensor, indices: Tensor, wei
     ``SparseRowOptimizer.fused_backward`` calls for a sharded table): rules
     that work per element (SGD, Adam/AdamW) run the fused kernel on the local
     columns; rules that need the whole row (``max_row_norm > 0``, row-wise
-    Adagrad) compute the local rows' fp32 gradients, all-reduce their sums
-    of squares (one number per touched row; every rank touches the same rows
-    in the same order), then update. Returns the weights' partial gradient."""
+    Adagrad, row-wise Adam) compute the local rows' fp32 gradients,
+    all-reduce their sums of squares (one number per touched row; every rank
+    touches the same rows in the same order), update the replicated ``[N]``
+    state with the same numbers on every rank, then apply the per-element
+    part to the local columns. Returns the weights' partial gradient."""
     sh: ColumnSharding = _sharding_of(param)
-    if update.kind == "adam_rowwise":
-        raise NotImplementedError(
-            "memkernels.distributed: row-wise Adam on a sharded value pool is not supported yet (its per-row "
-            "second moment needs the whole row's gradient inside the update); use adam, adamw or adagrad_rowwise")
     local, s1, s2 = param.to_local(), local_shard(state1), local_shard(state2)
+    if update.kind == "adam_rowwise" and s1.dtype == torch.bfloat16:
+        raise NotImplementedError(
+            "memkernels.distributed: row-wise Adam with bfloat16 moments on a sharded value pool is not supported "
+            "yet; use state_dtype=None (fp32 moments), or adam / adamw")
     # Stochastic rounding hashes global columns: the shard rounds as the whole table.
     update = dataclasses.replace(update, column_offset=update.column_offset + sh.rank * local.shape[1])
-    rowwise = update.kind == "adagrad_rowwise" or update.max_row_norm > 0
+    rowwise = update.kind in ("adagrad_rowwise", "adam_rowwise") or update.max_row_norm > 0
     if not rowwise:
         return ops.embedding_bag_backward_update(grad_cols, local, indices, weights, update, s1, s2)
     rows, g, partial = torch.ops.memkernels.embedding_bag_backward_sparse.default(grad_cols, local, indices,
@@ -343,6 +346,25 @@ def backward_update_shard(param: Tensor, grad_cols: Tensor, indices: Tensor, wei
         # The [N] accumulator is replicated: every rank adds the same numbers.
         s1.index_add_(0, rows, sumsq / param.shape[1])
         g = g / (s1.index_select(0, rows).sqrt() + update.eps).unsqueeze(1)
+        ops.sparse_row_update(local, rows, g, dataclasses.replace(update, kind="sgd", max_row_norm=0.0))
+    elif update.kind == "adam_rowwise":
+        # v_row += (1 - beta2) (mean(g^2) - v_row) on the replicated [N] state,
+        # m += (1 - beta1) (g - m) on the local columns, then
+        # w = (1 - lr wd) w - lr sqrt(1 - beta2^t) / (1 - beta1^t) m / (sqrt(v_row) + eps):
+        # the SGD rule fed g' = sqrt(1 - beta2^t) / (1 - beta1^t) m / (sqrt(v_row) + eps).
+        v_old = s2.index_select(0, rows)
+        v_new = v_old + (1.0 - update.beta2) * (sumsq / param.shape[1] - v_old)
+        s2.index_copy_(0, rows, v_new)
+        m = s1.index_select(0, rows)
+        m = m + (1.0 - update.beta1) * (g - m)
+        s1.index_copy_(0, rows, m)
+        if update.step_tensor is not None:  # read on the device: no host synchronisation
+            t = update.step_tensor.to(torch.float64)
+            ratio = (1.0 - torch.pow(update.beta2, t)).sqrt() / (1.0 - torch.pow(update.beta1, t))
+            ratio = ratio.to(g.dtype)
+        else:
+            ratio = math.sqrt(1.0 - update.beta2 ** update.step) / (1.0 - update.beta1 ** update.step)
+        g = m * (ratio / (v_new.sqrt() + update.eps)).unsqueeze(1)
         ops.sparse_row_update(local, rows, g, dataclasses.replace(update, kind="sgd", max_row_norm=0.0))
     else:
         ops.sparse_row_update(local, rows, g, dataclasses.replace(update, max_row_norm=0.0), s1, s2)

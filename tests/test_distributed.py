@@ -136,6 +136,8 @@ UPDATES = [
     dict(algorithm="sgd", lr=0.5),
     dict(algorithm="adagrad_rowwise", lr=0.1),
     dict(algorithm="adam", lr=1e-2, max_row_norm=0.02),
+    dict(algorithm="adam_rowwise", lr=1e-2, weight_decay=0.1),
+    dict(algorithm="adam_rowwise", lr=1e-2, max_row_norm=0.02, capturable=True),
 ]
 
 
@@ -360,8 +362,9 @@ def _bad_configs(rank, world):
     with pytest.raises(NotImplementedError, match="no sparse gradient"):
         sparse(torch.randn(2, DIM))
     rowwise_adam = mkd.shard_values(_layer(), mesh)
-    rowwise_adam.fuse_value_updates(SparseRowOptimizer([rowwise_adam.values.weight], "adam_rowwise"))
-    with pytest.raises(NotImplementedError, match="row-wise Adam on a sharded value pool"):
+    rowwise_adam.fuse_value_updates(SparseRowOptimizer([rowwise_adam.values.weight], "adam_rowwise",
+                                                       state_dtype=torch.bfloat16))
+    with pytest.raises(NotImplementedError, match="row-wise Adam with bfloat16 moments on a sharded"):
         rowwise_adam(torch.randn(2, DIM)).sum().backward()
 
 
