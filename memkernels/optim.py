@@ -89,8 +89,11 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             update read it there (as ``torch.optim.Adam(capturable=True)``
             does), so that a training step with fused value updates can be
             captured in a CUDA graph and replayed: the count advances on the
-            device at every replay. The learning rate and the other
-            hyper-parameters are those at capture time.
+            device at every replay. The other hyper-parameters are those at
+            capture time; for a learning-rate schedule under a graph, give
+            ``lr`` as a one-element float32 tensor on the table's device
+            (torch's schedulers fill it in place), which the update reads
+            when it runs.
 
     Optimizer state is fp32 (fp64 for fp64 tables): ``exp_avg`` and
     ``exp_avg_sq`` ``[N, D]`` for Adam, ``exp_avg`` ``[N, D]`` and
@@ -200,11 +203,22 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         # Capturable: the update reads the count on the device (no host read).
         capturable = group.get("capturable", False)
-        update = RowUpdate(_ALGORITHMS[group["algorithm"]], lr=float(group["lr"]), beta1=float(beta1),
+        # A tensor learning rate (one float32, as torch.optim takes with
+        # capturable=True) is read where the update runs: lr 1 scaled by it,
+        # so a schedule that fills it in place reaches a captured graph.
+        lr = group["lr"]
+        lr_scale = None
+        if torch.is_tensor(lr):
+            if lr.dtype != torch.float32 or lr.numel() != 1:
+                raise ValueError(f"SparseRowOptimizer: a tensor lr must be one float32; got {lr.dtype} of shape "
+                                 f"{tuple(lr.shape)}")
+            lr_scale = lr.reshape(())  # must live on the table's device (the op checks)
+            lr = 1.0
+        update = RowUpdate(_ALGORITHMS[group["algorithm"]], lr=float(lr), beta1=float(beta1),
                            beta2=float(beta2), eps=float(group["eps"]), weight_decay=float(group["weight_decay"]),
                            max_row_norm=float(group["max_row_norm"]), step=1 if capturable else int(state["step"]),
                            stochastic_rounding=bool(group["stochastic_rounding"]), seed=int(group["seed"]),
-                           step_tensor=state["step"] if capturable else None)
+                           step_tensor=state["step"] if capturable else None, lr_scale=lr_scale)
         return state.get("exp_avg", state.get("sum")), state.get("exp_avg_sq"), update
 
     def _group_of(self, p: Tensor) -> dict:

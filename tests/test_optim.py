@@ -519,9 +519,11 @@ def test_cuda_graph_captures_a_whole_training_step():
         layer = ProductKeyMemory(dim, n_keys=32, heads=2, knn=8, k_dim=32, device="cuda")
         dense, values = param_groups(layer, lr=1e-2)
         opt_dense = torch.optim.Adam(dense["params"], lr=1e-3, capturable=True)
-        opt_values = SparseRowOptimizer(values["params"], "adamw", lr=values["lr"], weight_decay=0.01,
-                                        capturable=True)
+        # The values' learning rate a device tensor: a schedule reaches the graph.
+        opt_values = SparseRowOptimizer(values["params"], "adamw", lr=torch.tensor(values["lr"], device="cuda"),
+                                        weight_decay=0.01, capturable=True)
         layer.fuse_value_updates(opt_values)
+        opt_values.sched = torch.optim.lr_scheduler.StepLR(opt_values, step_size=1, gamma=0.5)
         return layer, opt_dense, opt_values
 
     def step(layer, opt_dense, x, target):
@@ -551,12 +553,46 @@ def test_cuda_graph_captures_a_whole_training_step():
         static_x.copy_(x)
         static_t.copy_(t)
         graph.replay()
-        e_layer, e_dense, _ = eager
+        opt_values.sched.step()
+        e_layer, e_dense, e_values = eager
         e_dense.zero_grad(set_to_none=True)
         e_loss = step(e_layer, e_dense, x, t)
+        e_values.sched.step()
         torch.testing.assert_close(static_loss, e_loss)
         for (n, p), (_, q) in zip(layer.named_parameters(), e_layer.named_parameters()):
             torch.testing.assert_close(p, q, msg=lambda m, n=n: f"{n}: {m}")
     values = layer.values.weight
     assert int(opt_values.state[values]["step"]) == 2 + len(data[2:])
+    assert float(opt_values.param_groups[0]["lr"]) == pytest.approx(1e-3 * 0.5 ** len(data[2:]))  # value_lr
     assert values.grad is None
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_tensor_lr_follows_a_scheduler_like_a_float_lr(device, fused):
+    """A one-element float32 lr tensor (what a captured graph needs: the
+    update reads it when it runs, torch's schedulers fill it in place) trains
+    bitwise as the same float schedule (lrs exact in float32)."""
+    data = batches(device, steps=4)
+    tables, opts, scheds = [], [], []
+    for tensor_lr in (False, True):
+        t = fresh(device)
+        lr = torch.tensor(0.5, device=device) if tensor_lr else 0.5
+        opt = SparseRowOptimizer([t], "adamw", lr=lr, weight_decay=0.25, capturable=tensor_lr)
+        if fused:
+            opt.fuse(t)
+        tables.append(t)
+        opts.append(opt)
+        scheds.append(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    for idx, w, target in data:
+        for t, opt, sched in zip(tables, opts, scheds):
+            out = memkernels.embedding_bag(t, idx, w, sparse=not fused)
+            (out - target).square().sum().backward()
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+    assert torch.is_tensor(opts[1].param_groups[0]["lr"]) and float(opts[1].param_groups[0]["lr"]) == 0.5 ** 5
+    assert torch.equal(tables[0], tables[1])
+    with pytest.raises(ValueError, match="a tensor lr must be one float32"):
+        bad = SparseRowOptimizer([tables[1]], "sgd", lr=torch.tensor(0.5, dtype=torch.float64, device=device))
+        bad.fuse(tables[1])
+        memkernels.embedding_bag(tables[1], data[0][0], data[0][1]).sum().backward()
