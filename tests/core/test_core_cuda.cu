@@ -470,17 +470,22 @@ void check_fused_update(mk_row_optimizer kind, bool bf16, int64_t D, double max_
     CHECK(mk_embedding_bag_backward_reduce(&a, ws, bytes, dev, nullptr) == MK_OK, "reduce");
     if (dev == MK_CUDA) cudaFree(ws);
   };
+  // The arguments of one backward: b with its inputs and weights' gradient.
+  auto with = [&](void* table, const void* idx_p, const void* w_p, const void* gout_p, void* gw_p) {
+    mk_embedding_bag_bwd_args x = b;
+    x.values = table;
+    x.indices = idx_p;
+    x.weights = w_p;
+    x.grad_out = gout_p;
+    x.grad_weights = gw_p;
+    return x;
+  };
   // Fused on CUDA.
   Dev f = fresh();
   mk_row_update uf = u;
   uf.state1 = f.s1;
   uf.state2 = f.s2;
-  mk_embedding_bag_bwd_args a = b;
-  a.values = f.table;
-  a.indices = didx;
-  a.weights = dweights;
-  a.grad_out = dgout;
-  a.grad_weights = f.gw;
+  mk_embedding_bag_bwd_args a = with(f.table, didx, dweights, dgout, f.gw);
   a.update = &uf;
   backward(a, MK_CUDA);
   // Capacity form, then the standalone update, on CUDA.
@@ -490,12 +495,7 @@ void check_fused_update(mk_row_optimizer kind, bool bf16, int64_t D, double max_
   float* dgrads;
   cudaMalloc(&drows, cap * sizeof(int64_t));
   cudaMalloc(&dgrads, cap * D * sizeof(float));
-  a = b;
-  a.values = s.table;
-  a.indices = didx;
-  a.weights = dweights;
-  a.grad_out = dgout;
-  a.grad_weights = s.gw;
+  a = with(s.table, didx, dweights, dgout, s.gw);
   a.sparse_rows = drows;
   a.sparse_grads = dgrads;
   a.sparse_grads_acc = 1;
@@ -530,12 +530,8 @@ void check_fused_update(mk_row_optimizer kind, bool bf16, int64_t D, double max_
   mk_row_update uc = u;
   uc.state1 = c1.data();
   uc.state2 = c2.data();
-  a = b;
-  a.values = bf16 ? (void*)ct16.data() : (void*)ct.data();
-  a.indices = idx.data();
-  a.weights = weights.data();
-  a.grad_out = bf16 ? (const void*)gout16.data() : (const void*)grad_out.data();
-  a.grad_weights = cgw.data();
+  a = with(bf16 ? (void*)ct16.data() : (void*)ct.data(), idx.data(), weights.data(),
+           bf16 ? (const void*)gout16.data() : (const void*)grad_out.data(), cgw.data());
   a.update = &uc;
   backward(a, MK_CPU);
   int64_t differ = 0;
