@@ -62,20 +62,28 @@ def forward(lib, values, idx, w, out, stream):
     check(lib.mk_embedding_bag_forward(C.byref(a), device_of(values), stream), "forward")
 
 
+def plan_and_reduce(lib, a, values, ws, stream):
+    """Sizes the workspace (ws[0], grown when short), plans and reduces;
+    returns the workspace bytes the call asked for."""
+    size = C.c_size_t(0)
+    dev = device_of(values)
+    check(lib.mk_embedding_bag_backward_workspace_size(C.byref(a), dev, C.byref(size)), "workspace size")
+    if ws[0] is None or ws[0].numel() < size.value:
+        ws[0] = None  # freed before the larger one is taken
+        ws[0] = torch.empty(max(1, size.value), dtype=torch.uint8, device=values.device)
+    p = C.c_void_p(ws[0].data_ptr())
+    check(lib.mk_embedding_bag_backward_plan(C.byref(a), p, size, dev, stream), "plan")
+    check(lib.mk_embedding_bag_backward_reduce(C.byref(a), p, size, dev, stream), "reduce")
+    return size.value
+
+
 def backward(lib, values, idx, w, gout, gv, gw, ws, stream):
     N, D = values.shape
     T, B = idx.shape
     a = EmbeddingBagBwdArgs(N, D, T, B, _MK_DTYPE[values.dtype], I64, values.data_ptr(), D,
                             idx.data_ptr(), w.data_ptr(), gout.data_ptr(), gw.data_ptr(), gv.data_ptr(), None, None,
                             0, None, 0)
-    size = C.c_size_t(0)
-    dev = device_of(values)
-    check(lib.mk_embedding_bag_backward_workspace_size(C.byref(a), dev, C.byref(size)), "workspace size")
-    if ws[0] is None or ws[0].numel() < size.value:
-        ws[0] = torch.empty(max(1, size.value), dtype=torch.uint8, device=values.device)
-    p = C.c_void_p(ws[0].data_ptr())
-    check(lib.mk_embedding_bag_backward_plan(C.byref(a), p, size, dev, stream), "plan")
-    check(lib.mk_embedding_bag_backward_reduce(C.byref(a), p, size, dev, stream), "reduce")
+    plan_and_reduce(lib, a, values, ws, stream)
 
 
 def backward_update(lib, values, idx, w, gout, gw, m, v, ws, stream):
@@ -87,16 +95,7 @@ def backward_update(lib, values, idx, w, gout, gw, m, v, ws, stream):
     a = EmbeddingBagBwdArgs(N, D, T, B, _MK_DTYPE[values.dtype], I64, values.data_ptr(), D,
                             idx.data_ptr(), w.data_ptr(), gout.data_ptr(), gw.data_ptr(), None, None, None,
                             0, C.cast(C.pointer(u), C.c_void_p), 0)
-    size = C.c_size_t(0)
-    dev = device_of(values)
-    check(lib.mk_embedding_bag_backward_workspace_size(C.byref(a), dev, C.byref(size)), "workspace size")
-    if ws[0] is None or ws[0].numel() < size.value:
-        ws[0] = None
-        ws[0] = torch.empty(max(1, size.value), dtype=torch.uint8, device=values.device)
-    p = C.c_void_p(ws[0].data_ptr())
-    check(lib.mk_embedding_bag_backward_plan(C.byref(a), p, size, dev, stream), "plan")
-    check(lib.mk_embedding_bag_backward_reduce(C.byref(a), p, size, dev, stream), "reduce")
-    return size.value
+    return plan_and_reduce(lib, a, values, ws, stream)
 
 
 def timed(fn, device):

@@ -51,6 +51,22 @@ __device__ __forceinline__ void load_vec(const V* __restrict__ p, A (&out)[VEC])
   }
 }
 
+// Loads VEC elements in the storage type with plain (coherent) loads, for
+// data the kernel also writes (16-byte words where they fill them).
+template <class S, int VEC>
+__device__ __forceinline__ void load_raw(const S* __restrict__ p, S (&out)[VEC]) {
+  if constexpr (VEC * sizeof(S) % 16 == 0) {
+#pragma unroll
+    for (int k = 0; k < int(VEC * sizeof(S) / 16); ++k) {
+      const uint4 raw = reinterpret_cast<const uint4*>(p)[k];
+      memcpy(reinterpret_cast<char*>(out) + 16 * k, &raw, 16);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = p[e];
+  }
+}
+
 // Stores VEC elements already in the storage type (16-byte words where they
 // fill them).
 template <class S, int VEC>

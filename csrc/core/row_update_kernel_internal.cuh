@@ -100,18 +100,8 @@ template <class A, int VEC>
 __device__ __forceinline__ void load_state_vec(const void* base, int64_t i, bool bf16, A (&out)[VEC]) {
   if constexpr (std::is_same<A, float>::value) {
     if (bf16) {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + i;
       uint16_t b[VEC];
-      if constexpr (VEC * 2 % 16 == 0) {
-#pragma unroll
-        for (int k = 0; k < VEC * 2 / 16; ++k) {
-          const uint4 raw = reinterpret_cast<const uint4*>(p)[k];
-          memcpy(reinterpret_cast<char*>(b) + 16 * k, &raw, 16);
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) b[e] = p[e];
-      }
+      cuda::load_raw<uint16_t, VEC>(static_cast<const uint16_t*>(base) + i, b);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const uint32_t u = uint32_t(b[e]) << 16;
@@ -120,17 +110,7 @@ __device__ __forceinline__ void load_state_vec(const void* base, int64_t i, bool
       return;
     }
   }
-  const A* p = static_cast<const A*>(base) + i;
-  if constexpr (VEC * sizeof(A) % 16 == 0) {
-#pragma unroll
-    for (int k = 0; k < int(VEC * sizeof(A) / 16); ++k) {
-      const uint4 raw = reinterpret_cast<const uint4*>(p)[k];
-      memcpy(reinterpret_cast<char*>(out) + 16 * k, &raw, 16);
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) out[e] = p[e];
-  }
+  cuda::load_raw<A, VEC>(static_cast<const A*>(base) + i, out);
 }
 
 // Stores them back (store_state's rule: bf16 rounds stochastically with the

@@ -490,7 +490,6 @@ void check_update(BwdCase<V, I>& bc, const UpdateCfg& cfg, unsigned blocks, unsi
             st_f.b1 == st_u.b1 && st_f.b2 == st_u.b2,
         "%s: fused states differ from unfused", what);
   CHECK(!with_wgrad || same_bits(gw_f.data(), want_gw.data(), gw_f.size()), "%s: fused weights' gradient differs", what);
-  const std::vector<V> table_u = bc.values;
   bc.values = values0;
 
   // Something moved: the touched rows, and only they.
@@ -563,7 +562,6 @@ void check_update(BwdCase<V, I>& bc, const UpdateCfg& cfg, unsigned blocks, unsi
   }
   CHECK(worst_s <= (sizeof(V) == 8 ? 1e-14 : 1e-6), "%s: state %g from the CPU library's", what, worst_s);
   bc.values = values0;
-  (void)table_u;
 }
 
 const UpdateCfg kUpdates[] = {
