@@ -35,7 +35,8 @@ def brute_force(query, keys, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,Dk,k", [(37, 18, 1), (37, 18, 5), (37, 18, 37), (64, 16, 8), (20, 8, 20)])
+@pytest.mark.parametrize("n,Dk,k", [(37, 18, 1), (37, 18, 5), (37, 18, 37), (64, 16, 8), (20, 8, 20),
+                                    (100, 8, 70)])
 def test_exact_against_brute_force(device, dtype, n, Dk, k):
     query, keys = make(device, 9, 3, n, Dk, dtype, integer=True)
     scores, indices = memkernels.pk_topk(query, keys, k)

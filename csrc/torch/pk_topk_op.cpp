@@ -15,6 +15,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "checks.h"
+#include "cpu_buffer_pool.h"
 #include "ops.h"
 
 namespace mkt {
@@ -50,7 +51,10 @@ at::ScalarType compute_dtype(const at::Tensor& query) {
 
 // Batched half-scores a[H, T, half] @ b[H, half, n] in fp32 (fp64 for fp64).
 // 16-bit CUDA inputs go through aten::bmm.dtype (tensor cores, fp32 output)
-// where this torch has it; otherwise the inputs are upcast first.
+// where this torch has it; otherwise the inputs are upcast first. On the CPU
+// the scores go into a pooled buffer (cpu_buffer_pool.h): a fresh one pays
+// the kernel's page faults on every call, which took longer than the product
+// itself (docs/perf/pk_topk.md, "CPU").
 at::Tensor half_scores(const at::Tensor& a, const at::Tensor& b, at::ScalarType comp) {
   const bool half_precision = a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16;
   if (a.is_cuda() && half_precision) {
@@ -58,6 +62,11 @@ at::Tensor half_scores(const at::Tensor& a, const at::Tensor& b, at::ScalarType 
     if (bmm_dtype.has_value())
       return bmm_dtype->typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ScalarType)>().call(
           a, b, at::kFloat);
+  }
+  if (a.is_cpu()) {
+    at::Tensor out = cpu_empty_pooled({a.size(0), a.size(1), b.size(2)}, comp);
+    at::bmm_out(out, a.to(comp).contiguous(), b.to(comp));
+    return out;
   }
   return at::matmul(a.to(comp), b.to(comp));
 }

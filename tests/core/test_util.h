@@ -105,6 +105,23 @@ struct PkProblem {
     for (auto& x : s1) x = float(ud(rng));
     for (auto& x : s2) x = float(ud(rng));
   }
+  // Real-valued scores instead of small integers (few ties; the thresholds
+  // move with every insertion).
+  void randomize(unsigned seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> nd;
+    for (auto& x : s1) x = nd(rng);
+    for (auto& x : s2) x = nd(rng);
+  }
+  // Every 7th score becomes `special` (one infinity for both halves, so no
+  // sum is NaN) and every 11th -0.0, which must rank as +0.0.
+  void sprinkle(float special) {
+    for (std::vector<float>* s : {&s1, &s2})
+      for (size_t i = 0; i < s->size(); ++i) {
+        if (i % 7 == 3) (*s)[i] = special;
+        if (i % 11 == 5) (*s)[i] = -0.0f;
+      }
+  }
   mk_pk_select_args args(const float* d1, const float* d2, float* out_s, int64_t* out_i) const {
     mk_pk_select_args a{};
     a.num_tokens = T;
