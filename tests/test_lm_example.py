@@ -82,6 +82,17 @@ def test_model_flops_are_matched(preset):
     assert memory_blocks == list(model.memory_layers)
 
 
+def test_a_batch_is_the_padded_picked_sentences():
+    sentences = [[1, 5, 6, 2], [1, 7, 2], [1, 8, 9, 10, 11, 2], [1, 2]]
+    table = lm.SentenceTable(sentences, pad=0, device="cpu")
+    assert len(table) == 4
+    for pick in ([1, 3], [0, 1, 3], [2, 0, 2], [3]):
+        p = torch.tensor(pick)
+        ids = table.batch(p)
+        assert torch.equal(ids, bios.pad_batch([sentences[i] for i in pick]))  # cut to the longest picked
+        assert table.targets(p) == int((ids[:, 1:] != 0).sum())
+
+
 def test_tiny_preset_end_to_end(tmp_path):
     lines = []
     result = lm.run("tiny", device="cpu", out=str(tmp_path), log=lines.append)

@@ -222,6 +222,31 @@ def answer_accuracy(model: LM, prompts: List[List[int]], answers: List[int], dev
     return hits / max(1, len(prompts))
 
 
+class SentenceTable:
+    """Every training sentence, padded, on the device once. A batch is
+    gathered there and cut to its longest sentence (the host knows the
+    lengths): the same ids as ``pad_batch`` of the picked sentences, without
+    a host-to-device copy that waits for the device. So a training step never
+    synchronises; the loss is read only at evaluations."""
+
+    def __init__(self, sentences: List[List[int]], pad: int, device):
+        self.table = pad_batch(sentences, pad).to(device)
+        self.lengths = torch.tensor([len(s) for s in sentences])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, pick: Tensor) -> Tensor:
+        """ids [len(pick), longest picked] of the sentences ``pick`` (a CPU tensor)."""
+        width = int(self.lengths[pick].max())
+        rows = pick.pin_memory().to(self.table.device, non_blocking=True) if self.table.is_cuda else pick
+        return self.table[rows, :width]
+
+    def targets(self, pick: Tensor) -> int:
+        """Next-token targets in the batch that are not padding."""
+        return int((self.lengths[pick] - 1).sum())
+
+
 def train_model(name: str, model: LM, corpus: BioCorpus, preset: Preset, device, seed: int,
                 context: int, log=print, compile: bool = False) -> Dict[str, object]:
     groups = param_groups(model, lr=preset.lr, weight_decay=0.01, value_lr=preset.value_lr)
@@ -252,15 +277,15 @@ def train_model(name: str, model: LM, corpus: BioCorpus, preset: Preset, device,
     # evaluation runs eagerly.
     forward = torch.compile(model, dynamic=True) if compile else model
     g = torch.Generator().manual_seed(seed)
-    data = corpus.train
+    data = SentenceTable(corpus.train, corpus.pad, device)
     history: Dict[str, List[float]] = {"step": [], "tokens": [], "train_flops": [], "loss": [],
                                        "acc_train_phrasing": [], "acc_held_out": []}
     tokens = 0
     t0 = time.perf_counter()
-    running = None
+    running = None  # the running loss, on the device, in fp64 (as Python floats would be)
     for step in range(1, preset.steps + 1):
-        pick = torch.randint(0, len(data), (preset.batch,), generator=g).tolist()
-        ids = pad_batch([data[i] for i in pick]).to(device)
+        pick = torch.randint(0, len(data), (preset.batch,), generator=g)
+        ids = data.batch(pick)
         logits = forward(ids[:, :-1])
         target = ids[:, 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=corpus.pad)
@@ -271,18 +296,20 @@ def train_model(name: str, model: LM, corpus: BioCorpus, preset: Preset, device,
             value_opt.step()  # nothing left to apply (fused); keeps the scheduler's order
         for s in scheds:
             s.step()
-        tokens += int((target != corpus.pad).sum())
-        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        tokens += data.targets(pick)
+        last = loss.detach().double()
+        running = last if running is None else 0.9 * running + 0.1 * last
         if step % preset.eval_every == 0 or step == preset.steps:
             n = preset.eval_limit if preset.eval_limit and step < preset.steps else len(corpus.facts)
             acc_t = answer_accuracy(model, corpus.eval_prompts["train_phrasing"][:n],
                                     corpus.eval_answers["train_phrasing"][:n], device)
             acc_h = answer_accuracy(model, corpus.eval_prompts["held_out"][:n], corpus.eval_answers["held_out"][:n],
                                     device)
+            loss_now = float(running)
             for key, value in (("step", step), ("tokens", tokens), ("train_flops", 3 * flops_per_token * tokens),
-                               ("loss", running), ("acc_train_phrasing", acc_t), ("acc_held_out", acc_h)):
+                               ("loss", loss_now), ("acc_train_phrasing", acc_t), ("acc_held_out", acc_h)):
                 history[key].append(value)
-            log(f"  [{name:>8}] step {step:5d}/{preset.steps}  loss {running:6.3f}  "
+            log(f"  [{name:>8}] step {step:5d}/{preset.steps}  loss {loss_now:6.3f}  "
                 f"acc (trained phrasings) {100 * acc_t:5.1f}%  (held-out phrasings) {100 * acc_h:5.1f}%  "
                 f"({time.perf_counter() - t0:6.1f} s)")
     return {"history": history, "seconds": time.perf_counter() - t0, "flops_per_token": flops_per_token,
