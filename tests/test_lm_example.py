@@ -82,6 +82,33 @@ def test_model_flops_are_matched(preset):
     assert memory_blocks == list(model.memory_layers)
 
 
+def test_rotary_positions_make_attention_depend_on_the_offset_only():
+    cos, sin = lm.rope_angles(20, 8)
+    q, k = torch.randn(8), torch.randn(8)
+
+    def logit(i, j):  # q at position i against k at position j
+        qs = torch.zeros(20, 8)
+        ks = torch.zeros(20, 8)
+        qs[i], ks[j] = q, k
+        return float(lm.rotate(qs, cos, sin)[i] @ lm.rotate(ks, cos, sin)[j])
+
+    assert logit(5, 2) == pytest.approx(logit(15, 12), abs=1e-5)
+    assert logit(7, 7) == pytest.approx(float(q @ k), abs=1e-5)
+    assert logit(5, 2) != pytest.approx(logit(5, 3), abs=1e-3)
+    assert torch.allclose(lm.rotate(qs := torch.randn(3, 20, 8), cos, sin).norm(dim=-1), qs.norm(dim=-1), atol=1e-5)
+
+
+def test_position_choices():
+    cfg = lm.ModelConfig(dim=16, layers=1, heads=2, ffn_hidden=16, position="rope")
+    model = lm.LM(30, 12, cfg)
+    assert model.pos is None and "rope_cos" not in model.state_dict()
+    assert model(torch.randint(0, 30, (2, 12))).shape == (2, 12, 30)
+    with pytest.raises(ValueError, match="position must be"):
+        lm.LM(30, 12, lm.ModelConfig(dim=16, heads=2, position="alibi"))
+    with pytest.raises(ValueError, match="even head width"):
+        lm.LM(30, 12, lm.ModelConfig(dim=18, heads=6, position="rope"))
+
+
 def test_a_batch_is_the_padded_picked_sentences():
     sentences = [[1, 5, 6, 2], [1, 7, 2], [1, 8, 9, 10, 11, 2], [1, 2]]
     table = lm.SentenceTable(sentences, pad=0, device="cpu")

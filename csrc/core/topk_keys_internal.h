@@ -19,9 +19,7 @@ MK_HD uint32_t order_bits(float v) {
 #else
   std::memcpy(&u, &v, 4);
 #endif
-  // Negative: all bits flipped; non-negative: the sign bit set. Branch-free,
-  // so the CPU selection's block test vectorises.
-  return u ^ (uint32_t(int32_t(u) >> 31) | 0x80000000u);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 MK_HD float from_order_bits(uint32_t u) {

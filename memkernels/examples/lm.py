@@ -57,6 +57,10 @@ class ModelConfig:
     knn: int = 8
     k_dim: int = 32
     layer_hidden: Dict[int, int] = field(default_factory=dict)  # per-layer dense width overrides
+    # "learned": a position embedding added to the tokens'; "rope": rotary
+    # positions in attention only, so the residual stream (and a memory
+    # layer's query) carries no absolute position.
+    position: str = "learned"
 
 
 @dataclass
@@ -125,6 +129,23 @@ class FeedForward(nn.Module):
         return self.down(F.gelu(self.up(x)))
 
 
+def rope_angles(max_len: int, head_dim: int, base: float = 10000.0) -> Tuple[Tensor, Tensor]:
+    """cos and sin [max_len, head_dim / 2] of the rotary angles."""
+    half = head_dim // 2
+    freq = base ** (-torch.arange(half, dtype=torch.float32) / half)
+    angle = torch.arange(max_len, dtype=torch.float32)[:, None] * freq[None]
+    return angle.cos(), angle.sin()
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary positions on x [..., L, head_dim]: each pair (x_i, x_{i+half})
+    turned by position * frequency_i."""
+    half = x.shape[-1] // 2
+    cos, sin = cos[:x.shape[-2]], sin[:x.shape[-2]]
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mixer: nn.Module):
         super().__init__()
@@ -135,9 +156,11 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         self.mixer = mixer  # FeedForward or ProductKeyMemory
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rope: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(a.transpose(1, 2).reshape(B, L, D))
         return x + self.mixer(self.ln2(x))
@@ -150,8 +173,16 @@ class LM(nn.Module):
     def __init__(self, vocab: int, max_len: int, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        if cfg.position not in ("learned", "rope"):
+            raise ValueError(f"ModelConfig.position must be 'learned' or 'rope'; got {cfg.position!r}")
+        if cfg.position == "rope" and (cfg.dim // cfg.heads) % 2:
+            raise ValueError(f"rotary positions need an even head width; got {cfg.dim // cfg.heads}")
         self.tok = nn.Embedding(vocab, cfg.dim)
-        self.pos = nn.Embedding(max_len, cfg.dim)
+        self.pos = nn.Embedding(max_len, cfg.dim) if cfg.position == "learned" else None
+        if cfg.position == "rope":
+            cos, sin = rope_angles(max_len, cfg.dim // cfg.heads)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.pool = ValuePool(cfg.n_keys**2, cfg.dim) if cfg.memory_layers else None
         blocks = []
         for i in range(cfg.layers):
@@ -164,12 +195,18 @@ class LM(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(cfg.dim)
         nn.init.normal_(self.tok.weight, std=0.02)
-        nn.init.normal_(self.pos.weight, std=0.02)
+        if self.pos is not None:
+            nn.init.normal_(self.pos.weight, std=0.02)
 
     def forward(self, ids: Tensor) -> Tensor:
-        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        x = self.tok(ids)
+        rope = None
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        else:
+            rope = (self.rope_cos, self.rope_sin)
         for b in self.blocks:
-            x = b(x)
+            x = b(x, rope)
         return self.ln_f(x) @ self.tok.weight.T
 
     def flops_per_token(self, context: int) -> int:
