@@ -397,10 +397,13 @@ def _pk_topk_setup_context(ctx, inputs, output):
     query, keys, _k, _impl = inputs
     _scores, indices = output
     ctx.mark_non_differentiable(indices)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the indices (or unused scores)
     ctx.save_for_backward(query, keys, indices)
 
 
-def _pk_topk_backward(ctx, grad_scores: Tensor, _grad_indices) -> Tuple:
+def _pk_topk_backward(ctx, grad_scores: Optional[Tensor], _grad_indices) -> Tuple:
+    if grad_scores is None:
+        return None, None, None, None
     query, keys, indices = ctx.saved_tensors
     grad_query, grad_keys = torch.ops.memkernels.pk_topk_backward.default(grad_scores, query, keys, indices)
     want_query, want_keys = ctx.needs_input_grad[:2]

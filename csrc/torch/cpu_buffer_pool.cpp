@@ -98,4 +98,9 @@ at::Tensor cpu_empty_pooled(at::IntArrayRef sizes, at::ScalarType dtype) {
   return at::empty({0}, opts).set_(storage, 0, sizes);
 }
 
+at::Tensor empty_workspace(int64_t bytes, const at::TensorOptions& like) {
+  if (like.device().is_cpu()) return cpu_empty_pooled({bytes}, at::kByte);
+  return at::empty({bytes}, like.dtype(at::kByte));
+}
+
 }  // namespace mkt

@@ -13,6 +13,12 @@ namespace mkt {
 // the cache. Behaves like at::empty (contiguous, not resizable).
 at::Tensor cpu_empty_pooled(at::IntArrayRef sizes, at::ScalarType dtype);
 
+// A kernel's workspace of `bytes` on the device of `like`: pooled on the CPU
+// (the embedding-bag and pk_topk backwards' plans are tens of MB, whose
+// fresh pages cost more than some of the kernels), at::empty elsewhere (CUDA
+// has its caching allocator).
+at::Tensor empty_workspace(int64_t bytes, const at::TensorOptions& like);
+
 constexpr int64_t kPooledMinBytes = int64_t(8) << 20;
 
 }  // namespace mkt

@@ -128,7 +128,7 @@ at::Tensor plan_backward(const mk_embedding_bag_bwd_args& a, const at::Tensor& v
                          Backend be) {
   size_t bytes = 0;
   check_status(mk_embedding_bag_backward_workspace_size(&a, be.device, &bytes), kBwd);
-  at::Tensor ws = at::empty({int64_t(bytes)}, values.options().dtype(at::kByte));
+  at::Tensor ws = empty_workspace(int64_t(bytes), values.options());
   mk_status st = mk_embedding_bag_backward_plan(&a, ws.data_ptr(), bytes, be.device, be.stream);
   TORCH_CHECK_INDEX(st != MK_ERR_INDEX_OUT_OF_RANGE, kBwd, ": an index is outside [0, ",
                     a.num_rows, ")");

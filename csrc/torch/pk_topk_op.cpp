@@ -185,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor> pk_topk_backward(const at::Tensor& grad_score
   a.num_threads = at::get_num_threads();
   size_t bytes = 0;
   check_status(mk_pk_topk_backward_workspace_size(&a, be.device, &bytes), kBwd);
-  at::Tensor ws = at::empty({int64_t(bytes)}, query.options().dtype(at::kByte));
+  at::Tensor ws = empty_workspace(int64_t(bytes), query.options());
   check_status(mk_pk_topk_backward(&a, ws.data_ptr(), bytes, be.device, be.stream), kBwd);
   return {grad_query, grad_keys};
 }
