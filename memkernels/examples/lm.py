@@ -86,11 +86,12 @@ PRESETS: Dict[str, Preset] = {
                                mem_heads=2, knn=8, k_dim=32),
                    steps=400, batch=64, lr=1e-2, value_lr=3e-3, eval_every=100),
     # About a minute for the three models on a 2-core CPU: 1024 facts, more
-    # than the dense models store in 1500 steps (docs/lm_example.md).
+    # than the dense models store in 1500 steps; rotary positions
+    # (docs/lm_example.md).
     "cpu": Preset(BioConfig(people=512, attributes=("birth_year", "city"), first_names=48, last_names=48,
                             values_per_attribute=32, bios_per_fact=2),
                   ModelConfig(dim=48, layers=2, heads=4, ffn_hidden=96, memory_layers=(1,), n_keys=32,
-                              mem_heads=2, knn=8, k_dim=32),
+                              mem_heads=2, knn=8, k_dim=32, position="rope"),
                   steps=1500, batch=64, lr=1e-2, value_lr=3e-3, eval_every=150),
     # Minutes per model on one CPU thread: 8192 facts, a tenth of the people
     # written about 8 times as often, a model small enough that the dense
@@ -104,14 +105,14 @@ PRESETS: Dict[str, Preset] = {
                        steps=5000, batch=256, lr=1e-2, value_lr=3e-2, eval_every=1250, eval_limit=2048),
     # A GPU run (never run on a GPU yet): the `capacity` preset's model and
     # corpus rules on twice the people (16,384 facts, 128 x 96 names), 10,000
-    # steps of 256. On the CPU (one thread, seed 0) it gave dense 34.4 / 31.1,
-    # memory 71.3 / 53.9 and dense_2x 77.6 / 72.0 % (trained / held-out
-    # phrasings; docs/lm_example.md), in 13-26 minutes per model.
+    # steps of 256, with knn 32 and rotary positions. On the CPU (one thread,
+    # seed 0; docs/lm_example.md): memory 96.2 / 95.6 %, dense 50.6 / 32.7 %
+    # (trained / held-out phrasings), 21-46 minutes per model.
     "gpu": Preset(BioConfig(people=8192, attributes=("birth_year", "city"), first_names=128, last_names=96,
                             values_per_attribute=64, bios_per_fact=2, popular_fraction=0.1, popular_factor=8,
                             question_phrasings=4),
                   ModelConfig(dim=32, layers=2, heads=4, ffn_hidden=32, memory_layers=(0,), n_keys=128,
-                              mem_heads=4, knn=8, k_dim=64),
+                              mem_heads=4, knn=32, k_dim=64, position="rope"),
                   steps=10000, batch=256, lr=1e-2, value_lr=3e-2, eval_every=1250, eval_limit=2048),
 }
 
