@@ -264,8 +264,9 @@ class SentenceTable:
     """Every training sentence, padded, on the device once. A batch is
     gathered there and cut to its longest sentence (the host knows the
     lengths): the same ids as ``pad_batch`` of the picked sentences, without
-    a host-to-device copy that waits for the device. So a training step never
-    synchronises; the loss is read only at evaluations."""
+    a host-to-device copy that waits for the device. With the loss read only
+    at evaluations, a training step is written not to synchronise (not yet
+    run on a GPU, and no graph capture proves it)."""
 
     def __init__(self, sentences: List[List[int]], pad: int, device):
         self.table = pad_batch(sentences, pad).to(device)
