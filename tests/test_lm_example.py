@@ -136,7 +136,45 @@ def test_tiny_preset_end_to_end(tmp_path):
         assert 0.0 <= r["acc_held_out"] <= 1.0
     assert result["models"]["memory"]["params"] > result["models"]["dense"]["params"]
     assert any(line.startswith("  [  memory] step   400/400") for line in lines)
-    assert lines[-1].startswith("dense_2x")
+    assert lines[-2].startswith("dense_2x")
+    m = on_disk["models"]
+    verdict = on_disk["targets"]
+    assert verdict["held_out_over_dense"] == pytest.approx(m["memory"]["acc_held_out"] - m["dense"]["acc_held_out"])
+    assert verdict["held_out_over_dense_2x"] == pytest.approx(
+        m["memory"]["acc_held_out"] - m["dense_2x"]["acc_held_out"])
+    assert verdict["seconds"] == pytest.approx(sum(r["seconds"] for r in m.values()))
+    assert verdict["met"] == {"over_dense": verdict["held_out_over_dense"] >= 0.30,
+                              "over_dense_2x": verdict["held_out_over_dense_2x"] > 0,
+                              "time": verdict["seconds"] < 300}
+    assert lines[-1].startswith("the issue's targets (held-out phrasings): memory - dense ")
+
+
+def test_the_targets_are_judged_from_the_three_models():
+    def result(dense, memory, dense_2x, seconds=(50.0, 60.0, 70.0)):
+        accs = {"dense": dense, "memory": memory, "dense_2x": dense_2x}
+        return {"device": "cuda", "models": {k: {"acc_held_out": a, "seconds": s}
+                                             for (k, a), s in zip(accs.items(), seconds)}}
+
+    v = lm.targets(result(0.40, 0.71, 0.70))
+    assert v["met"] == {"over_dense": True, "over_dense_2x": True, "time": True}
+    assert v["held_out_over_dense"] == pytest.approx(0.31) and v["seconds"] == 180.0
+    assert lm.targets(result(0.42, 0.71, 0.70))["met"]["over_dense"] is False
+    assert lm.targets(result(0.40, 0.70, 0.70))["met"]["over_dense_2x"] is False  # level is not above
+    assert lm.targets(result(0.40, 0.71, 0.70, (100.0, 100.0, 100.0)))["met"]["time"] is False
+    r = result(0.40, 0.71, 0.70)
+    del r["models"]["dense_2x"]
+    assert lm.targets(r) is None
+
+    runs = [result(0.40, 0.71, 0.70), result(0.40, 0.69, 0.60), result(0.10, 0.90, 0.95)]
+    for seed, r in enumerate(runs):
+        r["seed"] = seed
+        for m in r["models"].values():
+            m["acc_train_phrasing"] = m["acc_held_out"]
+        r["targets"] = lm.targets(r)
+    lines = []
+    summary = lm.summarize(runs, log=lines.append)
+    assert summary["targets_met"] == {"over_dense": 2, "over_dense_2x": 2, "time": 3}
+    assert "target over_dense met in 2 of 3 seeds" in lines
 
 
 @pytest.mark.parametrize("value_optimizer", ["adam", "adagrad_rowwise"])
@@ -181,6 +219,7 @@ def test_several_seeds_end_with_their_means(tmp_path, capsys):
             assert row["mean"] == pytest.approx(sum(vals) / 2) and row["min"] == min(vals) and row["max"] == max(vals)
     wins = sum(r["models"]["memory"]["acc_held_out"] > r["models"]["dense"]["acc_held_out"] for r in per_seed)
     assert on_disk["memory_wins_held_out"] == {"dense": wins} == summary["memory_wins_held_out"]
+    assert "targets_met" not in on_disk  # judged only with all three models
     assert "over 2 seeds (3, 5): mean [min, max]" in capsys.readouterr().out
     for bad in (["--seed", "1,1"], ["--seed", "x"], ["--seed", ""], ["--threads", "0"]):
         with pytest.raises(SystemExit):
