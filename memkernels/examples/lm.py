@@ -467,7 +467,8 @@ def targets(result: Dict[str, object]) -> Optional[Dict[str, object]]:
     seconds = sum(m[k]["seconds"] for k in ("dense", "memory", "dense_2x"))
     return {"held_out_over_dense": over_dense, "held_out_over_dense_2x": over_2x, "seconds": seconds,
             "device": result["device"],
-            "met": {"over_dense": over_dense >= TARGETS["held_out_over_dense"], "over_dense_2x": over_2x > 0,
+            # 1e-9: exactly 30 points (0.70 - 0.40 in floats is 0.2999...) is met.
+            "met": {"over_dense": over_dense >= TARGETS["held_out_over_dense"] - 1e-9, "over_dense_2x": over_2x > 0,
                     "time": seconds < TARGETS["seconds"]}}
 
 
