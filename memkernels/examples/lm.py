@@ -21,9 +21,10 @@ token after questions in the phrasings it trained on, and in phrasings held
 out of training. It prints progress, then a table and, with all three
 models, the issue's targets judged on the run (``targets``), and with
 ``--out`` writes ``lm.json`` and ``lm.png`` (loss and held-out accuracy
-against steps and against training FLOPs). At these sizes one run's outcome swings by tens of
-points with the seed: ``--seed 0,1,2,3,4`` trains every model once per seed
-and ends with each model's mean, minimum and maximum (``lm_seeds.json``).
+against steps and against training FLOPs). At these sizes one run's outcome
+swings by tens of points with the seed: ``--seed 0,1,2,3,4`` trains every
+model once per seed and ends with each model's mean, minimum and maximum
+(``lm_seeds.json``).
 """
 
 from __future__ import annotations
