@@ -84,7 +84,7 @@ if [ "$MODE" = lm ]; then
   finish
 fi
 # The core library builds (and its CTest suite runs) beside the extension's build.
-step core_build 300 bash -c "cmake -S . -B '$CORE_BUILD' -G Ninja -DMEMKERNELS_CUDA=ON \
+step core_build 300 bash -c "cmake -S . -B '$CORE_BUILD' -G Ninja -DMEMKERNELS_CUDA=ON -DMEMKERNELS_EMU_TESTS=OFF \
   -DCMAKE_CUDA_ARCHITECTURES=${ARCH/./} -DCMAKE_BUILD_TYPE=Release && \
   cmake --build '$CORE_BUILD' -j 4 && ctest --test-dir '$CORE_BUILD' --output-on-failure" &
 core_pid=$!
@@ -102,8 +102,8 @@ else
 fi
 wait "$core_pid" || status=1
 if [ -x "$CORE_BUILD/test_core_cuda" ]; then
-  step memcheck 50 compute-sanitizer --tool memcheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
-  step racecheck 50 compute-sanitizer --tool racecheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
+  step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
+  step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
 fi
 if [ "$MODE" = full ]; then
   step bench 420 "$PY" -m memkernels.bench --preset paper --out "$OUT/bench"

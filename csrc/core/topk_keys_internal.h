@@ -41,7 +41,7 @@ MK_HD uint64_t topk_key(float score, uint32_t index) { return topk_key_bits(orde
 MK_HD float key_score(uint64_t key) { return from_order_bits(uint32_t(key >> 32)); }
 MK_HD uint32_t key_index(uint64_t key) { return 0xffffffffu - uint32_t(key & 0xffffffffu); }
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(MK_WARP_EMU)  // the GPU, or its CPU emulation (tests/core/warp_emu.h)
 // Sorts buf[0..n) descending in shared memory (n a power of two), the work
 // spread over `threads` cooperating threads with index `tid`; sync() is the
 // barrier among them (__syncthreads for a block, __syncwarp for a warp).

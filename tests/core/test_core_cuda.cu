@@ -556,6 +556,384 @@ void check_fused_update(mk_row_optimizer kind, bool bf16, int64_t D, double max_
     cudaFree(p);
 }
 
+
+// ---- CUDA against the CPU library, through the C ABI -----------------------
+// Every value dtype and index dtype, row strides wider than D, dims on both
+// sides of each tile shape the launchers pick (scalar or 16-byte vectors, one
+// or four vectors a lane, with and without the column guard), and rows whose
+// segments span 1, 2, 3 and more chunks beside rows read once: the forward,
+// the dense gradient, the weights' gradient, the exact sparse rows, the
+// capacity form and the fp32 sparse gradients must match the CPU's (which
+// test_core holds to an fp64 reference) within the rounding of the values'
+// dtype; rows and counts exactly.
+
+// Host bits of the 16-bit dtypes. Inputs are multiples of 1/16 in [-4, 4]:
+// exact in f16 and bf16, so both devices read the same numbers.
+uint16_t f32_to_16(float x, mk_dtype dt) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if (dt == MK_BF16) return uint16_t(u >> 16);
+  const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a == 0) return uint16_t(sign);
+  const int e = int(a >> 23) - 127 + 15;  // normal in f16 for these inputs
+  return uint16_t(sign | (uint32_t(e) << 10) | ((a >> 13) & 0x3ffu));
+}
+
+float f16_bits_to_f32(uint16_t h, mk_dtype dt) {
+  uint32_t u;
+  if (dt == MK_BF16) {
+    u = uint32_t(h) << 16;
+  } else {
+    const uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) {
+      u = sign | 0x7f800000u | (m << 13);
+    } else if (e != 0) {
+      u = sign | ((e + 112) << 23) | (m << 13);
+    } else {
+      float f = std::ldexp(float(m), -24);
+      std::memcpy(&u, &f, 4);
+      u |= sign;
+    }
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+size_t value_bytes(mk_dtype dt) { return dt == MK_F64 ? 8 : dt == MK_F32 ? 4 : 2; }
+size_t acc_bytes(mk_dtype dt) { return dt == MK_F64 ? 8 : 4; }
+
+// A [n] buffer of dtype dt (values' storage or, with acc, accumulation) from floats.
+std::vector<unsigned char> encode(const std::vector<float>& x, mk_dtype dt, bool acc = false) {
+  const size_t w = acc ? acc_bytes(dt) : value_bytes(dt);
+  std::vector<unsigned char> b(x.size() * w);
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (w == 8) {
+      const double d = x[i];
+      std::memcpy(&b[i * 8], &d, 8);
+    } else if (w == 4) {
+      std::memcpy(&b[i * 4], &x[i], 4);
+    } else {
+      const uint16_t h = f32_to_16(x[i], dt);
+      std::memcpy(&b[i * 2], &h, 2);
+    }
+  }
+  return b;
+}
+
+std::vector<double> decode(const std::vector<unsigned char>& b, mk_dtype dt, bool acc = false) {
+  const size_t w = acc ? acc_bytes(dt) : value_bytes(dt);
+  std::vector<double> x(b.size() / w);
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (w == 8) {
+      std::memcpy(&x[i], &b[i * 8], 8);
+    } else if (w == 4) {
+      float f;
+      std::memcpy(&f, &b[i * 4], 4);
+      x[i] = f;
+    } else {
+      uint16_t h;
+      std::memcpy(&h, &b[i * 2], 2);
+      x[i] = f16_bits_to_f32(h, dt);
+    }
+  }
+  return x;
+}
+
+// Largest |a - b| over the largest |b| (1 at least); both sizes must agree.
+double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  if (a.size() != b.size()) return 1e30;
+  double err = 0, scale = 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err = std::fmax(err, std::fabs(a[i] - b[i]));
+    scale = std::fmax(scale, std::fabs(b[i]));
+  }
+  return err / scale;
+}
+
+// The rounding the two devices may differ by: sums in another order, then one
+// rounding to the values' dtype.
+double dtype_tol(mk_dtype dt) {
+  switch (dt) {
+    case MK_F64: return 1e-12;
+    case MK_F32: return 2e-5;
+    case MK_F16: return 2e-3;
+    default: return 1.6e-2;
+  }
+}
+
+struct DeviceBuf {
+  void* p = nullptr;
+  size_t n = 0;
+  explicit DeviceBuf(size_t bytes) : n(bytes) { cudaMalloc(&p, bytes ? bytes : 1); }
+  DeviceBuf(const std::vector<unsigned char>& h) : DeviceBuf(h.size()) {
+    cudaMemcpy(p, h.data(), h.size(), cudaMemcpyHostToDevice);
+  }
+  ~DeviceBuf() { cudaFree(p); }
+  std::vector<unsigned char> get() const {
+    std::vector<unsigned char> h(n);
+    cudaMemcpy(h.data(), p, n, cudaMemcpyDeviceToHost);
+    return h;
+  }
+  DeviceBuf(const DeviceBuf&) = delete;
+  DeviceBuf& operator=(const DeviceBuf&) = delete;
+};
+
+template <class T>
+std::vector<unsigned char> as_bytes(const std::vector<T>& v) {
+  std::vector<unsigned char> b(v.size() * sizeof(T));
+  if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+// The outputs of one device for one problem (byte buffers in their dtypes).
+struct EbOutputs {
+  std::vector<unsigned char> out, grad_values, grad_weights, sparse_grads, cap_grads, cap_grads_acc;
+  std::vector<int64_t> sparse_rows, cap_rows;
+  int64_t unique = -1, cap_count = -1;
+};
+
+struct EbProblem {
+  mk_dtype vd;
+  mk_index_dtype id;
+  int64_t N, D, T, B, stride;
+  std::vector<unsigned char> values, weights, grad_out, indices;
+};
+
+// Runs the forward and every backward form of p on `dev`: host buffers for
+// the CPU, device buffers (and workspaces) for CUDA.
+EbOutputs run_eb(const EbProblem& p, mk_device dev) {
+  const bool cuda = dev == MK_CUDA;
+  const int64_t P = p.T * p.B, cap = std::min(p.N, P);
+  const size_t vb = value_bytes(p.vd), ab = acc_bytes(p.vd);
+  std::vector<unsigned char> out_h(size_t(p.T * p.D) * vb), gv_h(size_t(p.N * p.D) * vb), gw_h(size_t(P) * ab);
+  DeviceBuf values(p.values), weights(p.weights), grad_out(p.grad_out), indices(p.indices);
+  DeviceBuf out(out_h.size()), gv(gv_h.size()), gw(gw_h.size());
+  auto src = [&](const DeviceBuf& d, const std::vector<unsigned char>& h) -> const void* {
+    return cuda ? d.p : static_cast<const void*>(h.data());
+  };
+  EbOutputs r;
+  mk_embedding_bag_fwd_args f{};
+  f.num_rows = p.N;
+  f.dim = p.D;
+  f.num_bags = p.T;
+  f.bag_size = p.B;
+  f.value_dtype = p.vd;
+  f.index_dtype = p.id;
+  f.values = src(values, p.values);
+  f.values_row_stride = p.stride;
+  f.indices = src(indices, p.indices);
+  f.weights = src(weights, p.weights);
+  f.out = cuda ? out.p : static_cast<void*>(out_h.data());
+  CHECK(mk_embedding_bag_forward(&f, dev, nullptr) == MK_OK, "forward failed (device %d)", int(dev));
+  r.out = cuda ? out.get() : out_h;
+
+  mk_embedding_bag_bwd_args b{};
+  b.num_rows = p.N;
+  b.dim = p.D;
+  b.num_bags = p.T;
+  b.bag_size = p.B;
+  b.value_dtype = p.vd;
+  b.index_dtype = p.id;
+  b.values = f.values;
+  b.values_row_stride = p.stride;
+  b.indices = f.indices;
+  b.weights = f.weights;
+  b.grad_out = src(grad_out, p.grad_out);
+  size_t bytes = 0;
+  CHECK(mk_embedding_bag_backward_workspace_size(&b, dev, &bytes) == MK_OK, "workspace size failed");
+  std::vector<unsigned char> ws_h(bytes);
+  DeviceBuf ws_d(bytes);
+  void* ws = cuda ? ws_d.p : static_cast<void*>(ws_h.data());
+  // Dense gradient and weights' gradient.
+  b.grad_values = cuda ? gv.p : static_cast<void*>(gv_h.data());
+  b.grad_weights = cuda ? gw.p : static_cast<void*>(gw_h.data());
+  CHECK(mk_embedding_bag_backward_plan(&b, ws, bytes, dev, nullptr) == MK_OK, "plan failed");
+  CHECK(mk_embedding_bag_backward_reduce(&b, ws, bytes, dev, nullptr) == MK_OK, "dense reduce failed");
+  r.grad_values = cuda ? gv.get() : gv_h;
+  r.grad_weights = cuda ? gw.get() : gw_h;
+  // Exact sparse rows (the host learns U), weights' gradient not asked for.
+  b.grad_values = nullptr;
+  b.grad_weights = nullptr;
+  CHECK(mk_embedding_bag_backward_plan(&b, ws, bytes, dev, nullptr) == MK_OK, "plan failed");
+  CHECK(mk_embedding_bag_backward_count(&b, ws, dev, nullptr, &r.unique) == MK_OK, "count failed");
+  {
+    std::vector<int64_t> rows_h(static_cast<size_t>(std::max<int64_t>(r.unique, 0)));
+    std::vector<unsigned char> g_h(rows_h.size() * size_t(p.D) * vb);
+    DeviceBuf rows(rows_h.size() * 8), g(g_h.size());
+    b.sparse_rows = cuda ? static_cast<int64_t*>(rows.p) : rows_h.data();
+    b.sparse_grads = cuda ? g.p : static_cast<void*>(g_h.data());
+    CHECK(mk_embedding_bag_backward_reduce(&b, ws, bytes, dev, nullptr) == MK_OK, "sparse reduce failed");
+    if (cuda) {
+      const std::vector<unsigned char> rb = rows.get();
+      if (!rb.empty()) std::memcpy(rows_h.data(), rb.data(), rb.size());
+    }
+    r.sparse_rows = rows_h;
+    r.sparse_grads = cuda ? g.get() : g_h;
+  }
+  // The capacity form, with the count on the device, in the values' dtype
+  // and in fp32/fp64 (sparse_grads_acc).
+  for (int acc = 0; acc < 2; ++acc) {
+    std::vector<int64_t> rows_h(static_cast<size_t>(cap)), count_h(1, -7);
+    std::vector<unsigned char> g_h(size_t(cap * p.D) * (acc ? ab : vb));
+    DeviceBuf rows(rows_h.size() * 8), g(g_h.size()), count(8);
+    b.sparse_rows = cuda ? static_cast<int64_t*>(rows.p) : rows_h.data();
+    b.sparse_grads = cuda ? g.p : static_cast<void*>(g_h.data());
+    b.sparse_capacity = cap;
+    b.sparse_grads_acc = acc;
+    b.sparse_count = cuda ? static_cast<int64_t*>(count.p) : count_h.data();
+    CHECK(mk_embedding_bag_backward_plan(&b, ws, bytes, dev, nullptr) == MK_OK, "plan failed");
+    CHECK(mk_embedding_bag_backward_reduce(&b, ws, bytes, dev, nullptr) == MK_OK, "capacity reduce failed");
+    if (cuda) {
+      const std::vector<unsigned char> rb = rows.get(), cb = count.get();
+      if (!rb.empty()) std::memcpy(rows_h.data(), rb.data(), rb.size());
+      std::memcpy(count_h.data(), cb.data(), 8);
+    }
+    if (acc) {
+      r.cap_grads_acc = cuda ? g.get() : g_h;
+    } else {
+      r.cap_rows = rows_h;
+      r.cap_count = count_h[0];
+      r.cap_grads = cuda ? g.get() : g_h;
+    }
+  }
+  CHECK(cudaDeviceSynchronize() == cudaSuccess, "CUDA error");
+  return r;
+}
+
+// Indices: for each segment length in `lengths` a row of its own holding that
+// many pairs, the rest uniform over the rows; positions shuffled.
+EbProblem make_eb_problem(mk_dtype vd, mk_index_dtype id, int64_t N, int64_t D, int64_t T, int64_t B,
+                          int64_t stride, const std::vector<int64_t>& lengths, unsigned seed) {
+  EbProblem p{vd, id, N, D, T, B, stride, {}, {}, {}, {}};
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> q(-64, 64);  // multiples of 1/16 in [-4, 4]
+  auto draw = [&](size_t n) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = float(q(rng)) / 16.f;
+    return x;
+  };
+  p.values = encode(draw(size_t(N * stride)), vd);
+  p.weights = encode(draw(size_t(T * B)), vd, true);
+  p.grad_out = encode(draw(size_t(T * D)), vd);
+  const int64_t P = T * B;
+  std::vector<int64_t> idx;
+  int64_t row = 0;
+  for (int64_t len : lengths) {
+    for (int64_t j = 0; j < len && int64_t(idx.size()) < P; ++j) idx.push_back(row % N);
+    ++row;
+  }
+  std::uniform_int_distribution<int64_t> ud(0, N - 1);
+  while (int64_t(idx.size()) < P) idx.push_back(ud(rng));
+  std::shuffle(idx.begin(), idx.end(), rng);
+  if (id == MK_I64) {
+    p.indices = as_bytes(idx);
+  } else {
+    std::vector<int32_t> i32(idx.begin(), idx.end());
+    p.indices = as_bytes(i32);
+  }
+  return p;
+}
+
+void check_eb_vs_cpu(mk_dtype vd, mk_index_dtype id, int64_t N, int64_t D, int64_t T, int64_t B, int64_t stride,
+                     const std::vector<int64_t>& lengths) {
+  const EbProblem p = make_eb_problem(vd, id, N, D, T, B, stride, lengths, unsigned(N * 31 + D * 7 + T + B + vd));
+  const EbOutputs c = run_eb(p, MK_CPU), g = run_eb(p, MK_CUDA);
+  const double tol = dtype_tol(vd);
+  const char* fmt = "%s differs from CPU by %g (dtype %d index %d N=%lld D=%lld T=%lld B=%lld stride=%lld)";
+  auto report = [&](const char* what, double d) {
+    CHECK(d <= tol, fmt, what, d, int(vd), int(id), (long long)N, (long long)D, (long long)T, (long long)B,
+          (long long)stride);
+  };
+  report("forward", rel_diff(decode(g.out, vd), decode(c.out, vd)));
+  report("dense gradient", rel_diff(decode(g.grad_values, vd), decode(c.grad_values, vd)));
+  report("weights' gradient", rel_diff(decode(g.grad_weights, vd, true), decode(c.grad_weights, vd, true)));
+  report("sparse gradient", rel_diff(decode(g.sparse_grads, vd), decode(c.sparse_grads, vd)));
+  report("capacity gradient", rel_diff(decode(g.cap_grads, vd), decode(c.cap_grads, vd)));
+  report("fp32 capacity gradient", rel_diff(decode(g.cap_grads_acc, vd, true), decode(c.cap_grads_acc, vd, true)));
+  CHECK(g.unique == c.unique && g.sparse_rows == c.sparse_rows, "sparse rows differ from CPU (D=%lld B=%lld)",
+        (long long)D, (long long)B);
+  CHECK(g.cap_count == c.unique && c.cap_count == c.unique, "capacity count %lld / %lld, want %lld",
+        (long long)g.cap_count, (long long)c.cap_count, (long long)c.unique);
+  CHECK(g.cap_rows == c.cap_rows, "capacity rows differ from CPU (D=%lld B=%lld)", (long long)D, (long long)B);
+  // Past the count: rows -1, gradients +0 (all bits zero), on both devices.
+  bool padding = true;
+  const size_t vb = value_bytes(vd);
+  for (int64_t s = std::max<int64_t>(c.unique, 0); s < int64_t(g.cap_rows.size()); ++s) {
+    padding = padding && g.cap_rows[size_t(s)] == -1;
+    for (size_t e = size_t(s * D) * vb; e < size_t((s + 1) * D) * vb; ++e) padding = padding && g.cap_grads[e] == 0;
+  }
+  CHECK(padding, "capacity padding is not -1 / +0 (D=%lld B=%lld)", (long long)D, (long long)B);
+}
+
+void check_eb_sweep() {
+  // Segment lengths around the chunk size C = max(64, 2B) rounded up to 32:
+  // one chunk, exactly one, two, three, more.
+  for (mk_dtype vd : {MK_F32, MK_BF16, MK_F16, MK_F64}) {
+    for (mk_index_dtype id : {MK_I64, MK_I32}) {
+      check_eb_vs_cpu(vd, id, 300, 64, 150, 7, 64, {1, 63, 64, 65, 128, 129, 200});  // C = 64
+      check_eb_vs_cpu(vd, id, 1000, 37, 40, 33, 41, {66, 67, 132, 133, 300});        // C = 96, scalar path
+    }
+    // Tile shapes: D a multiple of the 16-byte vector or not; D past 64
+    // vectors a lane (four vectors); D not a multiple of the tile (guard).
+    for (int64_t D : {1, 8, 24, 256, 264, 520, 1032})
+      check_eb_vs_cpu(vd, MK_I64, 200, D, 24, 5, D, {70, 1, 140});
+    check_eb_vs_cpu(vd, MK_I64, 50, 16, 9, 1, 24, {});   // bags of one; a wider row stride
+    check_eb_vs_cpu(vd, MK_I64, 7, 40, 30, 64, 40, {});  // few rows: every segment split
+  }
+}
+
+// pk_topk's backward on CUDA against the CPU library: both gradients, fp32,
+// bf16 and fp64, with selected slots repeated across tokens.
+void check_pk_backward_vs_cpu(mk_dtype dt, int64_t T, int64_t H, int64_t n, int64_t half, int64_t k) {
+  std::mt19937_64 rng(unsigned(T + H * 3 + n + half + k + dt));
+  std::uniform_int_distribution<int> q(-64, 64);
+  auto draw = [&](size_t m) {
+    std::vector<float> x(m);
+    for (auto& v : x) v = float(q(rng)) / 16.f;
+    return x;
+  };
+  const std::vector<unsigned char> query = encode(draw(size_t(T * H * 2 * half)), dt),
+                                   keys = encode(draw(size_t(H * 2 * n * half)), dt),
+                                   grad = encode(draw(size_t(T * H * k)), dt, true);
+  std::vector<int64_t> idx(size_t(T * H * k));
+  std::uniform_int_distribution<int64_t> slot(0, n * n - 1), few(0, 3);
+  for (auto& s : idx) s = few(rng) == 0 ? 5 % (n * n) : slot(rng);  // a quarter on one slot
+  auto run = [&](mk_device dev, std::vector<unsigned char>& gq, std::vector<unsigned char>& gk) {
+    const bool cuda = dev == MK_CUDA;
+    DeviceBuf dq(query), dk(keys), dg(grad), di(as_bytes(idx)), oq(query.size()), ok(keys.size());
+    std::vector<unsigned char> hq(query.size()), hk(keys.size());
+    mk_pk_topk_bwd_args a{};
+    a.num_tokens = T;
+    a.num_heads = H;
+    a.num_keys = n;
+    a.half_dim = half;
+    a.k = k;
+    a.dtype = dt;
+    a.grad_scores = cuda ? dg.p : grad.data();
+    a.query = cuda ? dq.p : query.data();
+    a.keys = cuda ? dk.p : keys.data();
+    a.indices = cuda ? static_cast<const int64_t*>(di.p) : idx.data();
+    a.grad_query = cuda ? oq.p : static_cast<void*>(hq.data());
+    a.grad_keys = cuda ? ok.p : static_cast<void*>(hk.data());
+    size_t bytes = 0;
+    CHECK(mk_pk_topk_backward_workspace_size(&a, dev, &bytes) == MK_OK, "pk backward workspace failed");
+    DeviceBuf dws(bytes);
+    std::vector<unsigned char> hws(bytes);
+    CHECK(mk_pk_topk_backward(&a, cuda ? dws.p : static_cast<void*>(hws.data()), bytes, dev, nullptr) == MK_OK,
+          "pk backward failed (device %d)", int(dev));
+    gq = cuda ? oq.get() : hq;
+    gk = cuda ? ok.get() : hk;
+  };
+  std::vector<unsigned char> cq, ck, gq, gk;
+  run(MK_CPU, cq, ck);
+  run(MK_CUDA, gq, gk);
+  const double dq = rel_diff(decode(gq, dt), decode(cq, dt)), dk = rel_diff(decode(gk, dt), decode(ck, dt));
+  CHECK(dq <= dtype_tol(dt) && dk <= dtype_tol(dt),
+        "pk backward differs from CPU: query %g keys %g (dtype %d T=%lld n=%lld half=%lld k=%lld)", dq, dk, int(dt),
+        (long long)T, (long long)n, (long long)half, (long long)k);
+}
+
 }  // namespace
 
 int main() {
@@ -602,5 +980,11 @@ int main() {
   check_fused_update(MK_OPT_ADAM_ROWWISE, false, 260, 0.5);     // clipping + a row statistic
   check_fused_update(MK_OPT_ADAGRAD_ROWWISE, false, 37, 0.0);   // scalar path
   check_fused_update(MK_OPT_SGD, true, 64, 1.0);
+  check_eb_sweep();
+  for (mk_dtype dt : {MK_F32, MK_BF16, MK_F64}) {
+    check_pk_backward_vs_cpu(dt, 40, 2, 16, 32, 8);
+    check_pk_backward_vs_cpu(dt, 9, 3, 37, 9, 5);
+  }
+  check_pk_fused(40, 2, 256, 16, 4);  // many key tiles, few kept: merges from either half of a tile
   return finish("test_core_cuda");
 }

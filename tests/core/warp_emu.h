@@ -1,20 +1,25 @@
-// A 32-lane emulation of the CUDA warp intrinsics on the CPU, so that warp
+// A 32-lane emulation of the CUDA thread model on the CPU, so that kernel
 // code written for the GPU (csrc/core/warp_select_internal.cuh,
 // embedding_bag_forward_kernel_internal.cuh,
-// embedding_bag_backward_kernel_internal.cuh, row_update_kernel_internal.cuh)
-// runs here, unchanged, in the core's tests. Grids may have two dimensions
-// (blockIdx.y); blockDim.x is the launch's thread count.
+// embedding_bag_backward_kernel_internal.cuh, row_update_kernel_internal.cuh,
+// and under tests/core/emu/ every .cu file of the core) runs here, unchanged,
+// in the core's tests. Grids may have two dimensions (blockIdx.y); blockDim.x
+// is the launch's thread count.
 //
 // Each thread of a block is a fiber (its own stack); all run on one OS thread
 // and switch only inside the intrinsics, so shared memory is plain memory and a
 // shared atomicAdd is a plain add. __syncwarp, __ballot_sync and the shuffles
-// are barriers among the 32 lanes of a warp: a lane that arrives waits until
-// all 32 have. Lanes that leave the kernel early, or reach different
-// intrinsics, are what full-mask code must never do on a GPU; here they
-// deadlock, and the scheduler reports the deadlock instead of hanging.
-// Only full masks and width 32 are supported (asserted). Device atomics are
-// plain read-modify-writes: fibers switch only inside the intrinsics.
+// are barriers among the lanes of a warp (32, or the block's last threads): a
+// lane that arrives waits until all have. __syncthreads is a barrier among the
+// block's threads that have not returned. Lanes that leave the kernel early,
+// or reach different intrinsics, are what full-mask code must never do on a
+// GPU; here they deadlock, and the scheduler reports the deadlock instead of
+// hanging. Only full masks and width 32 are supported (asserted). Device
+// atomics are plain read-modify-writes: fibers switch only inside the
+// intrinsics.
 #pragma once
+
+#define MK_WARP_EMU 1  // core headers compile their device-only helpers for it
 
 #include <ucontext.h>
 
@@ -49,9 +54,11 @@ struct Dim3 {
 struct Fiber {
   ucontext_t ctx;  // the fiber's start (entered once)
   void* jb[5];     // where it yielded (__builtin_setjmp)
-  std::vector<char> stack;
+  char* stack = nullptr;  // kStackBytes, kept from launch to launch
   bool done = false, started = false;
 };
+
+constexpr size_t kStackBytes = size_t(1) << 18;
 
 struct State {
   std::vector<Fiber> fibers;
@@ -63,6 +70,9 @@ struct State {
   std::vector<int> arrived;
   std::vector<long> generation;
   std::vector<uint64_t> slot;  // one exchange word per thread
+  int block_arrived = 0, exited = 0;  // __syncthreads; threads of the block that returned
+  long block_generation = 0;
+  unsigned char* dynamic_smem = nullptr;  // extern __shared__ (tests/core/emu)
   long progress = 0;
   const std::function<void()>* body = nullptr;
 };
@@ -103,11 +113,17 @@ __attribute__((noinline)) inline void yield() {
   if (__builtin_setjmp(st().fibers[size_t(st().cur)].jb) == 0) __builtin_longjmp(st().sched_jb, 1);
 }
 
+// Lanes of warp w: 32, or fewer in a block whose size is not a multiple of 32.
+inline int warp_lanes(int w) {
+  const int left = int(st().threads) - 32 * w;
+  return left < 32 ? left : 32;
+}
+
 inline void warp_barrier() {
   State& s = st();
   const int w = s.cur / 32;
   const long g = s.generation[size_t(w)];
-  if (++s.arrived[size_t(w)] == 32) {
+  if (++s.arrived[size_t(w)] == warp_lanes(w)) {
     s.arrived[size_t(w)] = 0;
     ++s.generation[size_t(w)];
     ++s.progress;
@@ -127,7 +143,7 @@ T exchange(T v, Pick pick) {
   s.slot[size_t(s.cur)] = bits;
   warp_barrier();
   const int src = pick(lane);
-  assert(src >= 0 && src < 32);
+  assert(src >= 0 && src < warp_lanes(s.cur / 32));
   bits = s.slot[size_t(base + src)];
   warp_barrier();
   T r;
@@ -135,9 +151,29 @@ T exchange(T v, Pick pick) {
   return r;
 }
 
+// Releases a __syncthreads once every thread still running has arrived.
+inline bool block_release() {
+  State& s = st();
+  if (s.block_arrived == 0 || s.block_arrived < int(s.threads) - s.exited) return false;
+  s.block_arrived = 0;
+  ++s.block_generation;
+  ++s.progress;
+  return true;
+}
+
+inline void block_barrier() {
+  State& s = st();
+  const long g = s.block_generation;
+  ++s.block_arrived;
+  if (!block_release())
+    while (s.block_generation == g) yield();
+}
+
 inline void trampoline() {
   (*st().body)();
   st().fibers[size_t(st().cur)].done = true;
+  ++st().exited;
+  block_release();  // the threads waiting at a barrier no longer wait for this one
   ++st().progress;
   __builtin_longjmp(st().sched_jb, 1);  // never returns here
 }
@@ -154,31 +190,36 @@ __attribute__((noinline)) inline void resume() {
   }
 }
 
-// Runs body() as each of the `threads` threads (a multiple of 32) of each of
-// the blocks x blocks_y blocks of a grid, one block after another. Returns
-// false on a deadlock.
+// Runs body() as each of the `threads` threads (1 to 1024) of each of the
+// blocks x blocks_y blocks of a grid, one block after another. Returns false
+// on a deadlock.
 inline bool launch(unsigned blocks, int threads, const std::function<void()>& body, unsigned blocks_y = 1) {
-  assert(threads % 32 == 0);
+  assert(threads >= 1 && threads <= 1024);
   State& s = st();
   s.body = &body;
   s.grid = blocks;
   s.grid_y = blocks_y;
   s.threads = unsigned(threads);
-  s.fibers.assign(size_t(threads), Fiber{});
+  if (s.fibers.size() < size_t(threads)) s.fibers.resize(size_t(threads));
   s.slot.assign(size_t(threads), 0);
-  for (auto& f : s.fibers) f.stack.resize(size_t(1) << 18);
+  for (int t = 0; t < threads; ++t)
+    if (!s.fibers[size_t(t)].stack) s.fibers[size_t(t)].stack = new char[kStackBytes];
+  const size_t warps = size_t(threads + 31) / 32;
   for (unsigned b = 0; b < blocks * blocks_y; ++b) {
     s.block = b % blocks;
     s.block_y = b / blocks;
-    s.arrived.assign(size_t(threads / 32), 0);
-    s.generation.assign(size_t(threads / 32), 0);
+    s.arrived.assign(warps, 0);
+    s.generation.assign(warps, 0);
+    s.block_arrived = 0;
+    s.exited = 0;
+    s.block_generation = 0;
     for (int t = 0; t < threads; ++t) {
       Fiber& f = s.fibers[size_t(t)];
       f.done = false;
       f.started = false;
       getcontext(&f.ctx);
-      f.ctx.uc_stack.ss_sp = f.stack.data();
-      f.ctx.uc_stack.ss_size = f.stack.size();
+      f.ctx.uc_stack.ss_sp = f.stack;
+      f.ctx.uc_stack.ss_size = kStackBytes;
       f.ctx.uc_link = nullptr;
       makecontext(&f.ctx, trampoline, 0);
     }
@@ -193,7 +234,7 @@ inline bool launch(unsigned blocks, int threads, const std::function<void()>& bo
       }
       if (all_done) break;
       if (s.progress == before) {
-        std::fprintf(stderr, "warp_emu: deadlock in block %u (lanes wait at a warp barrier others never reach)\n", b);
+        std::fprintf(stderr, "warp_emu: deadlock in block %u (threads wait at a barrier others never reach)\n", b);
         return false;
       }
     }
@@ -208,6 +249,7 @@ inline bool launch(unsigned blocks, int threads, const std::function<void()>& bo
 #define gridDim (::emu::grid_dim())
 #define blockDim (::emu::block_dim())
 
+inline void __syncthreads() { emu::block_barrier(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   assert(mask == 0xffffffffu);
   (void)mask;
@@ -245,7 +287,7 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
   s.slot[size_t(s.cur)] = pred ? 1 : 0;
   emu::warp_barrier();
   unsigned m = 0;
-  for (int l = 0; l < 32; ++l) m |= unsigned(s.slot[size_t(base + l)] & 1u) << l;
+  for (int l = 0; l < emu::warp_lanes(s.cur / 32); ++l) m |= unsigned(s.slot[size_t(base + l)] & 1u) << l;
   emu::warp_barrier();
   return m;
 }
@@ -261,6 +303,11 @@ void __stcs(T* p, T v) {
 }
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
   const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+inline int atomicAdd(int* p, int v) {
+  const int old = *p;
   *p = old + v;
   return old;
 }
