@@ -934,6 +934,180 @@ void check_pk_backward_vs_cpu(mk_dtype dt, int64_t T, int64_t H, int64_t n, int6
         (long long)T, (long long)n, (long long)half, (long long)k);
 }
 
+
+// The row-sparse optimizer updates on CUDA against the CPU library, through
+// the C ABI: standalone (mk_sparse_row_update) and inside the backward's
+// reduction, for every rule, table dtype and option (bf16 states, the
+// run-time step count and learning-rate scale read from device memory,
+// clipping, weight decay, a column offset, stochastic rounding).
+struct UpdateCase {
+  mk_row_optimizer kind;
+  mk_dtype vd;
+  bool state_bf16, runtime, rounding;
+  int64_t D;
+  double max_row_norm, weight_decay;
+  int64_t column_offset;
+};
+
+// The two optimizer states of a case: element dtypes (as value dtypes, or
+// MK_F32 for fp32) and element counts.
+struct StateShape {
+  mk_dtype dt1, dt2;
+  size_t n1, n2;
+};
+
+StateShape state_shape(const UpdateCase& c, int64_t N) {
+  const bool rowwise1 = c.kind == MK_OPT_ADAGRAD_ROWWISE, has2 = c.kind == MK_OPT_ADAM || c.kind == MK_OPT_ADAM_ROWWISE;
+  const size_t full = size_t(N * c.D), rows = size_t(N);
+  const mk_dtype wide = c.vd == MK_F64 ? MK_F64 : MK_F32;
+  StateShape s{wide, wide, 0, 0};
+  if (c.kind != MK_OPT_SGD) {
+    s.n1 = rowwise1 ? rows : full;
+    if (!rowwise1 && c.state_bf16) s.dt1 = MK_BF16;
+  }
+  if (has2) {
+    s.n2 = c.kind == MK_OPT_ADAM ? full : rows;
+    if (c.kind == MK_OPT_ADAM && c.state_bf16) s.dt2 = MK_BF16;
+  }
+  return s;
+}
+
+// A table of N rows, its states and the update, run on `dev` either
+// standalone (rows and their gradients given) or fused into the backward of a
+// bag over the same table; returns the table, the states and (fused) the
+// weights' gradient, as bytes.
+struct UpdateResult {
+  std::vector<unsigned char> table, s1, s2, grad_weights;
+};
+
+UpdateResult run_update(const UpdateCase& c, bool fused, mk_device dev) {
+  const bool cuda = dev == MK_CUDA;
+  const int64_t N = 64, D = c.D, U = 20, T = 24, B = 8;
+  std::mt19937_64 rng(unsigned(D * 13 + c.kind * 5 + c.vd + fused));
+  std::uniform_int_distribution<int> q(-64, 64);
+  auto draw = [&](size_t n, float scale) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = float(q(rng)) / 16.f * scale;
+    return x;
+  };
+  const StateShape ss = state_shape(c, N);
+  std::vector<unsigned char> table = encode(draw(size_t(N * D), 1.f), c.vd);
+  std::vector<float> m1 = draw(ss.n1, 0.125f), m2 = draw(ss.n2, 0.125f);
+  for (auto& v : m2) v = std::fabs(v) + 0.0625f;  // second moments are positive
+  if (c.kind == MK_OPT_ADAGRAD_ROWWISE)
+    for (auto& v : m1) v = std::fabs(v) + 0.0625f;
+  std::vector<unsigned char> s1 = encode(m1, ss.dt1), s2 = encode(m2, ss.dt2);
+  DeviceBuf dtable(table), ds1(s1), ds2(s2);
+  const std::vector<int64_t> step_h(1, 3);
+  const std::vector<float> scale_h(1, 0.5f);
+  DeviceBuf dstep(as_bytes(step_h)), dscale(as_bytes(scale_h));
+  mk_row_update u{};
+  u.kind = c.kind;
+  u.lr = 0.05;
+  u.beta1 = 0.9;
+  u.beta2 = 0.98;
+  u.eps = 1e-6;
+  u.weight_decay = c.weight_decay;
+  u.max_row_norm = c.max_row_norm;
+  u.step = c.runtime ? 1 : 3;  // with the run-time count, *step_ptr (3) must win
+  u.stochastic_rounding = c.rounding;
+  u.seed = 17;
+  u.column_offset = c.column_offset;
+  u.state_bf16 = c.state_bf16;
+  u.state1 = ss.n1 ? (cuda ? ds1.p : static_cast<void*>(s1.data())) : nullptr;
+  u.state2 = ss.n2 ? (cuda ? ds2.p : static_cast<void*>(s2.data())) : nullptr;
+  if (c.runtime) {
+    u.step_ptr = cuda ? static_cast<const int64_t*>(dstep.p) : step_h.data();
+    u.lr_scale = cuda ? static_cast<const float*>(dscale.p) : scale_h.data();
+  }
+  void* tab = cuda ? dtable.p : static_cast<void*>(table.data());
+  UpdateResult r;
+  if (!fused) {
+    std::vector<int64_t> rows(static_cast<size_t>(U));
+    for (int64_t i = 0; i < U; ++i) rows[size_t(i)] = (i * 7) % N;  // distinct: 7 and 64 are coprime
+    const std::vector<unsigned char> grads = encode(draw(size_t(U * D), 1.f), c.vd, true);
+    DeviceBuf drows(as_bytes(rows)), dgrads(grads);
+    mk_sparse_row_update_args a{};
+    a.num_rows = N;
+    a.dim = D;
+    a.value_dtype = c.vd;
+    a.table = tab;
+    a.table_row_stride = D;
+    a.num_updates = U;
+    a.rows = cuda ? static_cast<const int64_t*>(drows.p) : rows.data();
+    a.grads = cuda ? dgrads.p : grads.data();
+    a.update = u;
+    CHECK(mk_sparse_row_update(&a, dev, nullptr) == MK_OK, "row update failed (device %d)", int(dev));
+  } else {
+    const std::vector<unsigned char> weights = encode(draw(size_t(T * B), 1.f), c.vd, true),
+                                     grad_out = encode(draw(size_t(T * D), 1.f), c.vd);
+    std::vector<int64_t> idx(size_t(T * B));
+    std::uniform_int_distribution<int64_t> ud(0, N - 1);
+    for (size_t p = 0; p < idx.size(); ++p) idx[p] = p % 2 ? 5 : ud(rng);  // row 5: 96+ pairs, split
+    DeviceBuf dw(weights), dg(grad_out), di(as_bytes(idx)), dgw(size_t(T * B) * acc_bytes(c.vd));
+    std::vector<unsigned char> gw(size_t(T * B) * acc_bytes(c.vd));
+    mk_embedding_bag_bwd_args b{};
+    b.num_rows = N;
+    b.dim = D;
+    b.num_bags = T;
+    b.bag_size = B;
+    b.value_dtype = c.vd;
+    b.index_dtype = MK_I64;
+    b.values = tab;
+    b.values_row_stride = D;
+    b.indices = cuda ? di.p : static_cast<const void*>(idx.data());
+    b.weights = cuda ? dw.p : weights.data();
+    b.grad_out = cuda ? dg.p : grad_out.data();
+    b.grad_weights = cuda ? dgw.p : static_cast<void*>(gw.data());
+    b.update = &u;
+    size_t bytes = 0;
+    CHECK(mk_embedding_bag_backward_workspace_size(&b, dev, &bytes) == MK_OK, "workspace size failed");
+    DeviceBuf dws(bytes);
+    std::vector<unsigned char> hws(bytes);
+    void* ws = cuda ? dws.p : static_cast<void*>(hws.data());
+    CHECK(mk_embedding_bag_backward_plan(&b, ws, bytes, dev, nullptr) == MK_OK, "plan failed");
+    CHECK(mk_embedding_bag_backward_reduce(&b, ws, bytes, dev, nullptr) == MK_OK, "fused update failed (device %d)",
+          int(dev));
+    r.grad_weights = cuda ? dgw.get() : gw;
+  }
+  CHECK(cudaDeviceSynchronize() == cudaSuccess, "CUDA error");
+  r.table = cuda ? dtable.get() : table;
+  r.s1 = cuda ? ds1.get() : s1;
+  r.s2 = cuda ? ds2.get() : s2;
+  return r;
+}
+
+void check_update_vs_cpu(const UpdateCase& c) {
+  const StateShape ss = state_shape(c, 64);
+  for (bool fused : {false, true}) {
+    const UpdateResult h = run_update(c, fused, MK_CPU), g = run_update(c, fused, MK_CUDA);
+    const double dt = rel_diff(decode(g.table, c.vd), decode(h.table, c.vd));
+    const double d1 = rel_diff(decode(g.s1, ss.dt1), decode(h.s1, ss.dt1));
+    const double d2 = rel_diff(decode(g.s2, ss.dt2), decode(h.s2, ss.dt2));
+    const double dw = rel_diff(decode(g.grad_weights, c.vd, true), decode(h.grad_weights, c.vd, true));
+    // Stochastic rounding draws the same bits on both devices; a value that
+    // lands within rounding of a boundary may still round the other way.
+    const double tol = std::fmax(dtype_tol(c.vd), c.state_bf16 ? dtype_tol(MK_BF16) : 0.0);
+    CHECK(dt <= tol && d1 <= tol && d2 <= tol && dw <= dtype_tol(c.vd),
+          "%s update differs from CPU: table %g states %g / %g weights' gradient %g (kind %d dtype %d bf16 states %d "
+          "run-time step %d rounding %d D=%lld clip %g decay %g offset %lld)",
+          fused ? "fused" : "standalone", dt, d1, d2, dw, int(c.kind), int(c.vd), int(c.state_bf16), int(c.runtime),
+          int(c.rounding), (long long)c.D, c.max_row_norm, c.weight_decay, (long long)c.column_offset);
+  }
+}
+
+void check_update_sweep() {
+  const mk_row_optimizer kinds[] = {MK_OPT_SGD, MK_OPT_ADAM, MK_OPT_ADAGRAD_ROWWISE, MK_OPT_ADAM_ROWWISE};
+  for (mk_row_optimizer kind : kinds) {
+    for (mk_dtype vd : {MK_F32, MK_BF16, MK_F16, MK_F64}) {
+      const bool half = vd == MK_BF16 || vd == MK_F16;
+      check_update_vs_cpu({kind, vd, false, false, false, 64, 0.0, 0.0, 0});
+      check_update_vs_cpu({kind, vd, false, true, half, 37, 1.5, 0.01, 0});
+      if (vd != MK_F64) check_update_vs_cpu({kind, vd, true, true, half, 264, 0.0, 0.1, 4096});
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -986,5 +1160,6 @@ int main() {
     check_pk_backward_vs_cpu(dt, 9, 3, 37, 9, 5);
   }
   check_pk_fused(40, 2, 256, 16, 4);  // many key tiles, few kept: merges from either half of a tile
+  check_update_sweep();
   return finish("test_core_cuda");
 }
