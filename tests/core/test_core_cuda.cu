@@ -1108,9 +1108,48 @@ void check_update_sweep() {
   }
 }
 
+// Random cases of the CUDA-against-CPU checks (test_core_cuda --fuzz COUNT
+// [SEED]): shapes, dtypes, chunk structures and update options drawn at
+// random, for hunting what the fixed cases miss.
+void fuzz(long count, unsigned seed) {
+  std::mt19937 rng(seed);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  const mk_dtype dts[] = {MK_F32, MK_BF16, MK_F16, MK_F64};
+  const mk_row_optimizer kinds[] = {MK_OPT_SGD, MK_OPT_ADAM, MK_OPT_ADAGRAD_ROWWISE, MK_OPT_ADAM_ROWWISE};
+  for (long i = 0; i < count; ++i) {
+    const mk_dtype vd = dts[pick(0, 3)];
+    const int64_t D = pick(0, 3) == 0 ? pick(1, 8) * 8 : pick(1, 300);
+    if (i % 5 == 3) {  // product-key selection: both paths, fused, backward
+      const int64_t n = pick(1, 3) == 1 ? pick(1, 40) : pick(1, 3000), k = pick(1, std::min<int64_t>(n, 200));
+      check_pk_select_vs_cpu(pick(1, 4), pick(1, 3), n, k, pick(0, 1) == 1, n >= 128 && pick(0, 3) == 0);
+      if (k <= 128 && n <= 300) check_pk_fused(pick(1, 40), pick(1, 2), n, pick(1, 80), k);  // brute force: n * n a row
+      check_pk_backward_vs_cpu(dts[pick(0, 3)] == MK_F16 ? MK_F32 : dts[pick(0, 3)], pick(1, 20), pick(1, 3),
+                               std::min<int64_t>(n, 64), pick(1, 40), std::min<int64_t>(k, 16));
+      continue;
+    }
+    if (i % 5 == 4) {
+      const bool half = vd == MK_BF16 || vd == MK_F16;
+      UpdateCase c{kinds[pick(0, 3)], vd, vd != MK_F64 && pick(0, 1) == 1, pick(0, 1) == 1,
+                   half && pick(0, 1) == 1, D, pick(0, 1) ? 0.0 : 0.5 * double(pick(1, 6)),
+                   pick(0, 1) ? 0.0 : 0.05, pick(0, 2) == 0 ? pick(0, 5000) : 0};
+      check_update_vs_cpu(c);
+      continue;
+    }
+    const int64_t N = pick(1, 3) == 1 ? pick(1, 8) : pick(1, 3000), B = pick(1, 3) == 1 ? pick(1, 3) : pick(1, 150);
+    const int64_t T = pick(0, 60), stride = D + (pick(0, 2) == 0 ? pick(1, 9) : 0);
+    std::vector<int64_t> lengths;
+    for (int64_t s = pick(0, 5); s > 0; --s) lengths.push_back(pick(1, 500));
+    check_eb_vs_cpu(vd, pick(0, 1) ? MK_I64 : MK_I32, N, D, T, B, stride, lengths);
+    if (g_failures) {
+      std::fprintf(stderr, "fuzz case %ld failed\n", i);
+      return;
+    }
+  }
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     std::printf("test_core_cuda: no CUDA device, skipped\n");
@@ -1124,6 +1163,10 @@ int main() {
     CHECK(cudaGetDevice(&current) == cudaSuccess && current == 0, "current device not restored");
   }
   CHECK(mk_cuda_device_check(n, nullptr, nullptr) == MK_ERR_CUDA, "a device past the last one was accepted");
+  if (argc >= 3 && std::strcmp(argv[1], "--fuzz") == 0) {
+    fuzz(std::atol(argv[2]), argc >= 4 ? unsigned(std::atol(argv[3])) : 1u);
+    return finish("test_core_cuda --fuzz");
+  }
   const Case cases[] = {{97, 1, 23, 7, false},     {97, 64, 23, 7, false}, {1000, 300, 40, 3, false},
                         {10, 33, 200, 3, true},    {5, 17, 1, 4, false},  {3, 8, 0, 2, false},
                         {4096, 1024, 64, 32, false}};

@@ -75,6 +75,16 @@ struct State {
   unsigned char* dynamic_smem = nullptr;  // extern __shared__ (tests/core/emu)
   long progress = 0;
   const std::function<void()>* body = nullptr;
+  // MK_EMU_SHUFFLE=SEED: threads resume in a new random order on every pass
+  // of the scheduler, so code between two barriers runs in different thread
+  // orders (a read of another thread's store that lacks a barrier between
+  // them then sees the old value in some orders).
+  uint64_t shuffle = 0;
+  std::vector<int> order;
+  State() {
+    const char* e = std::getenv("MK_EMU_SHUFFLE");
+    shuffle = e ? std::strtoull(e, nullptr, 10) * 2 + 1 : 0;
+  }
 };
 
 inline State& st() {
@@ -149,6 +159,23 @@ T exchange(T v, Pick pick) {
   T r;
   std::memcpy(&r, &bits, sizeof(T));
   return r;
+}
+
+// A random permutation of 0..threads-1 into st().order (xorshift: no state
+// beyond the seed, the same sequence on every platform).
+inline void shuffle_order(int threads) {
+  State& s = st();
+  s.order.resize(size_t(threads));
+  for (int i = 0; i < threads; ++i) s.order[size_t(i)] = i;
+  for (int i = threads - 1; i > 0; --i) {
+    s.shuffle ^= s.shuffle << 13;
+    s.shuffle ^= s.shuffle >> 7;
+    s.shuffle ^= s.shuffle << 17;
+    const int j = int(s.shuffle % uint64_t(i + 1));
+    const int tmp = s.order[size_t(i)];
+    s.order[size_t(i)] = s.order[size_t(j)];
+    s.order[size_t(j)] = tmp;
+  }
 }
 
 // Releases a __syncthreads once every thread still running has arrived.
@@ -226,7 +253,9 @@ inline bool launch(unsigned blocks, int threads, const std::function<void()>& bo
     for (;;) {
       const long before = s.progress;
       bool all_done = true;
-      for (int t = 0; t < threads; ++t) {
+      if (s.shuffle) shuffle_order(threads);
+      for (int i = 0; i < threads; ++i) {
+        const int t = s.shuffle ? s.order[size_t(i)] : i;
         if (s.fibers[size_t(t)].done) continue;
         all_done = false;
         s.cur = t;
