@@ -6,7 +6,8 @@ messages point into the .cu file:
   kernel<<<grid, block[, smem[, stream]]>>>(args);
       -> ::emu::launch_kernel((const void*)&kernel, ::emu::LaunchCfg{grid, block, smem, stream},
                               [=]() mutable { kernel(args); });
-     (nullptr for the address of a template kernel left to deduction)
+     (nullptr for the address of a template kernel left to deduction), and
+     the kernel's __launch_bounds__ as the largest block the launch may ask for
   extern __shared__ [__align__(n)] T name[];
       -> T* name = reinterpret_cast<T*>(::emu::dynamic_smem());
   after the last #include: #include "cuda_emu_types.h" (CUDA's 16-bit types).
@@ -18,6 +19,7 @@ import os
 import re
 import sys
 
+LAUNCH_BOUNDS = re.compile(r"__global__\s+void\s+__launch_bounds__\s*\(([^)]*)\)\s*(\w+)\s*\(")
 TEMPLATE_KERNEL = re.compile(r"template\s*<[^{;]*?>\s*__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(")
 EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w\s:]+?)\s+(\w+)\s*\[\s*\]\s*;")
 
@@ -53,6 +55,9 @@ def rewrite_launches(text):
     # address is only known for a template-id (the launch's key for
     # cudaFuncSetAttribute; nullptr otherwise).
     deduced = set(TEMPLATE_KERNEL.findall(text))
+    # A kernel's __launch_bounds__: a launch with more threads per block fails
+    # on a GPU, so the emulation refuses it too.
+    bounds = {name: expr.split(",")[0].strip() for expr, name in LAUNCH_BOUNDS.findall(text)}
     out = []
     pos = 0
     while True:
@@ -80,9 +85,11 @@ def rewrite_launches(text):
         close = _match_forward(text, k, "(", ")")
         args = text[k + 1:close]
         key = "nullptr" if callee in deduced else "(const void*)&%s" % callee
+        name = callee.split("<")[0].split("::")[-1].strip()
+        limit = "unsigned(%s)" % bounds[name] if name in bounds else "1024u"
         out.append(text[pos:callee_start])
-        out.append("::emu::launch_kernel(%s, ::emu::LaunchCfg{%s}, [=]() mutable { %s(%s); })"
-                   % (key, cfg, callee, args))
+        out.append("::emu::launch_kernel(%s, ::emu::LaunchCfg{%s}, [=]() mutable { %s(%s); }, %s)"
+                   % (key, cfg, callee, args, limit))
         pos = close + 1
 
 

@@ -6,7 +6,7 @@
 // turns into C++ (tests/core/emu/README.md).
 //
 // What it checks that a GPU would refuse: launches with an empty or oversized
-// grid or block, dynamic shared memory above 48 KiB without
+// grid or block (or a block above the kernel's __launch_bounds__), dynamic shared memory above 48 KiB without
 // cudaFuncSetAttribute (or above the 227 KiB of an H100/H200), copies and fills
 // outside any allocation, a device ordinal other than 0, and deadlocks at
 // barriers. A failed launch sets the sticky error that cudaGetLastError and
@@ -135,12 +135,17 @@ struct LaunchCfg {
 };
 
 // kernel<<<grid, block, smem, stream>>>(args), as cu2cpp.py writes it.
+// max_threads: the kernel's __launch_bounds__ (1024 without).
 template <class F>
-void launch_kernel(const void* kernel, const LaunchCfg& c, F&& body) {
+void launch_kernel(const void* kernel, const LaunchCfg& c, F&& body, unsigned max_threads = 1024) {
   ++rt().launches;
   if (c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || c.grid.y > 65535 || c.grid.z != 1 ||
       c.block.x == 0 || c.block.y != 1 || c.block.z != 1 || c.block.x > 1024) {
     fail(cudaErrorInvalidConfiguration, "launch with an empty or unsupported grid or block");
+    return;
+  }
+  if (c.block.x > max_threads) {
+    fail(cudaErrorInvalidConfiguration, "launch with more threads than the kernel's __launch_bounds__");
     return;
   }
   auto it = rt().max_dynamic_smem.find(kernel);
