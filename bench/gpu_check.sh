@@ -4,11 +4,13 @@
 #
 #   bash bench/gpu_check.sh OUT_DIR [quick|full|lm]
 #
-# quick (default; about 150 s of command time on an H200 before the shards
-# and JAX steps were added, at most 14 minutes by its step limits):
+# quick (default; about 150 s of command time on an H200 before the shards,
+# JAX and fuzz steps were added; at most 16 minutes by its step limits, more
+# than a device call may run, so the steps go in order of their worth):
 #   build the extension for this card's arch only with all cores, and, at the
 #   same time, the torch-free core with CUDA (CMake); the tests marked cuda
-#   (the CPU bodies run in CI); the core's CTest suite; compute-sanitizer
+#   (the CPU bodies run in CI); the core's CTest suite; 300 random cases of
+#   the core's CUDA-against-CPU checks (test_core_cuda --fuzz); compute-sanitizer
 #   memcheck and racecheck on the core's CUDA test (small cases, both pk_topk
 #   kernels, the embedding-bag backward, the row update); the bench suite's
 #   paper preset without the scaling sweeps; per-kernel device times
@@ -102,6 +104,7 @@ else
 fi
 wait "$core_pid" || status=1
 if [ -x "$CORE_BUILD/test_core_cuda" ]; then
+  step fuzz 60 "$CORE_BUILD/test_core_cuda" --fuzz 300 1
   step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
   step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 "$CORE_BUILD/test_core_cuda"
 fi
