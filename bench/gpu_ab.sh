@@ -8,7 +8,7 @@
 # Builds the core library from OLD_SRC and from this tree (CMake) beside the
 # extension, runs the embedding-bag, pk_topk, layer and optimizer CUDA tests,
 # compute-sanitizer memcheck and racecheck on the core's CUDA test, times
-# mk_pk_select (bench/ab_pk_select.py) and the embedding bag's forward, dense
+# mk_pk_select and the fused top-k (bench/ab_pk_select.py) and the embedding bag's forward, dense
 # backward and backward fused with an AdamW update (bench/ab_embedding_bag.py,
 # the paper's shape) of both builds
 # side by side, and runs the bench cases named (default pk_ref). Logs and

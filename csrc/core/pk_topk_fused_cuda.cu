@@ -1,4 +1,18 @@
-// Fused product-key top-k (mk_pk_topk_fused): one block per (32 tokens, head).
+// Fused product-key top-k (mk_pk_topk_fused). Two kernels; neither writes a
+// [T, H, n_keys] score matrix.
+//
+// k <= 32 (v2, 2026-12-02; not yet run on a GPU): one block of 8 warps per
+// (64 tokens, head). Per half, tiles of 64 sub-keys stream through shared
+// memory in chunks of 64 dimensions and the warps compute the 64 x 64 score
+// tile with tensor-core MMA (each warp two 16 x 16 fragments). Each token keeps
+// a buffer of up to 128 keys and a threshold, the k-th best key so far: a
+// tile's keys above it are appended by ballot compaction, and only when the
+// next tile might not fit is the buffer sorted (in registers, over shuffles)
+// down to its best k and the threshold raised. The candidate top-k of each
+// token is the warp selection's (warp_select_internal.cuh) over the two half
+// lists. Rationale and prediction: docs/perf/pk_topk.md.
+//
+// Otherwise (v1): one block per (32 tokens, head).
 //
 // For each half, key tiles of 64 sub-keys stream through shared memory in
 // chunks of 64 dimensions; 8 warps compute the 32 x 64 score tile with
@@ -16,6 +30,7 @@
 #include "cuda_internal.cuh"
 #include "pk_topk_internal.h"
 #include "topk_keys_internal.h"
+#include "warp_select_internal.cuh"
 
 namespace mk {
 namespace {
@@ -190,8 +205,213 @@ __global__ void __launch_bounds__(kThreads) pk_topk_fused_kernel(mk_pk_topk_args
 #endif
 }
 
+// ---- v2: k <= 32 ------------------------------------------------------------
+
+namespace v2 {
+
+constexpr int kKMax = 32;
+constexpr int kTok2 = 64;     // tokens per block: 4 row blocks of 16
+constexpr int kCap = 128;     // a token's key buffer (4 keys a lane when sorted)
+using Scratch = warpsel::Config<kKMax>::Scratch;
+
+struct Layout {
+  size_t q, kt, s, buf, lists, count, thr, scratch, total;
+};
+
+__host__ __device__ inline Layout layout(int elt) {
+  Layout l{};
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    const size_t at = off;
+    off = (off + bytes + 127) / 128 * 128;
+    return at;
+  };
+  l.q = take(size_t(kTok2) * kDimChunk * elt);
+  l.kt = take(size_t(kKeyTile) * kDimChunk * elt);
+  l.s = take(size_t(kTok2) * kSld * sizeof(float));
+  l.buf = take(size_t(kTok2) * kCap * sizeof(uint64_t));
+  l.lists = take(size_t(2) * kTok2 * kKMax * sizeof(uint64_t));
+  l.count = take(size_t(kTok2) * sizeof(int));
+  l.thr = take(size_t(kTok2) * sizeof(uint64_t));
+  l.scratch = take(size_t(kWarps) * sizeof(Scratch));
+  l.total = off;
+  return l;
+}
+
+// Sorts buf[0..count) down to its best k (descending, in buf[0..k)) and
+// returns the new threshold: the k-th key, or 0 (take everything) while fewer
+// than k keys were seen. Called by the whole warp.
+__device__ __forceinline__ uint64_t shrink(uint64_t* buf, int count, int k) {
+  uint64_t kth = 0;
+  warpsel::sort_first<kCap / 32>(buf, count, k, [&](int e, uint64_t key) {
+    buf[e] = key;  // every lane has read the buffer before any writes (the sort's shuffles)
+    if (e == k - 1) kth = key;
+  });
+  __syncwarp();
+  // The lane that held the k-th key shares it (every lane's kth is 0 or it).
+  uint64_t m = kth;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const uint64_t other = warpsel::shfl_xor64(m, o);
+    m = other > m ? other : m;
+  }
+  return count >= k ? m : 0;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) fused_kernel(mk_pk_topk_args a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // bf16/fp16 MMA with these shapes needs sm_80 or newer; the host checks first
+#else
+  using namespace nvcuda;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const Layout L = layout(int(sizeof(T)));
+  T* qs = reinterpret_cast<T*>(smem + L.q);
+  T* ks = reinterpret_cast<T*>(smem + L.kt);
+  float* S = reinterpret_cast<float*>(smem + L.s);
+  uint64_t* buf = reinterpret_cast<uint64_t*>(smem + L.buf);
+  uint64_t* lists = reinterpret_cast<uint64_t*>(smem + L.lists);
+  int* count = reinterpret_cast<int*>(smem + L.count);
+  uint64_t* thr = reinterpret_cast<uint64_t*>(smem + L.thr);
+  Scratch* scratch = reinterpret_cast<Scratch*>(smem + L.scratch);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const unsigned below = (1u << lane) - 1u;
+
+  const int k = int(a.k);
+  const int64_t T_ = a.num_tokens, H = a.num_heads, n = a.num_keys, half = a.half_dim;
+  const int64_t t0 = int64_t(blockIdx.x) * kTok2;
+  const int64_t h = blockIdx.y;
+  const T* query = static_cast<const T*>(a.query);
+  const T* keys = static_cast<const T*>(a.keys);
+  // Every row of query and keys starts 16-byte aligned: runs of 8 load as one.
+  const bool vec = half % 8 == 0 && (reinterpret_cast<uintptr_t>(query) & 15u) == 0 &&
+                   (reinterpret_cast<uintptr_t>(keys) & 15u) == 0;
+  constexpr int kRows = kTok2 / kWarps;  // tokens whose keys a warp keeps: 8
+  // Warp w computes the fragments (row block w / 2, column blocks 2 (w % 2) and
+  // 2 (w % 2) + 1) of the 64 x 64 tile.
+  const int rb = warp / 2, cb = 2 * (warp % 2);
+
+  for (int hf = 0; hf < 2; ++hf) {
+    for (int i = threadIdx.x; i < kTok2; i += kThreads) {
+      count[i] = 0;
+      thr[i] = 0;
+    }
+    const T* kbase = keys + (h * 2 + hf) * n * half;
+    for (int64_t kt0 = 0; kt0 < n; kt0 += kKeyTile) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
+      wmma::fill_fragment(acc0, 0.0f);
+      wmma::fill_fragment(acc1, 0.0f);
+      for (int64_t d0 = 0; d0 < half; d0 += kDimChunk) {
+        __syncthreads();  // the previous chunk's tiles (and the previous epilogue) are done
+        // 64 rows of 64 dimensions each, in runs of 8: one 16-byte load a run
+        // where the run is whole and aligned, else element by element, zeros
+        // past the edges.
+        for (int i = threadIdx.x; i < (kTok2 + kKeyTile) * (kDimChunk / 8); i += kThreads) {
+          const bool is_q = i < kTok2 * (kDimChunk / 8);
+          const int j = is_q ? i : i - kTok2 * (kDimChunk / 8);
+          const int r = j / (kDimChunk / 8), c = (j % (kDimChunk / 8)) * 8;
+          const int64_t row = is_q ? t0 + r : kt0 + r, d = d0 + c;
+          const bool in = row < (is_q ? T_ : n);
+          const T* src = is_q ? query + (row * H + h) * 2 * half + hf * half + d : kbase + row * half + d;
+          T* dst = (is_q ? qs : ks) + r * kDimChunk + c;
+          if (in && vec && d + 8 <= half) {
+            *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+          } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) dst[e] = (in && d + e < half) ? src[e] : zero_value<T>();
+          }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < kDimChunk; kk += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb0, fb1;
+          wmma::load_matrix_sync(fa, qs + rb * 16 * kDimChunk + kk, kDimChunk);
+          wmma::load_matrix_sync(fb0, ks + cb * 16 * kDimChunk + kk, kDimChunk);
+          wmma::load_matrix_sync(fb1, ks + (cb + 1) * 16 * kDimChunk + kk, kDimChunk);
+          wmma::mma_sync(acc0, fa, fb0, acc0);
+          wmma::mma_sync(acc1, fa, fb1, acc1);
+        }
+      }
+      wmma::store_matrix_sync(S + rb * 16 * kSld + cb * 16, acc0, kSld, wmma::mem_row_major);
+      wmma::store_matrix_sync(S + rb * 16 * kSld + (cb + 1) * 16, acc1, kSld, wmma::mem_row_major);
+      __syncthreads();
+      // Each warp appends the tile's keys above each of its tokens' thresholds.
+      for (int r = warp * kRows; r < (warp + 1) * kRows; ++r) {
+        const int64_t i0 = kt0 + lane, i1 = kt0 + 32 + lane;
+        const uint64_t x = i0 < n ? topk_key(S[r * kSld + lane], uint32_t(i0)) : 0;
+        const uint64_t y = i1 < n ? topk_key(S[r * kSld + 32 + lane], uint32_t(i1)) : 0;
+        const uint64_t bar = thr[r];
+        const bool px = x > bar, py = y > bar;  // a key of 0 (past n) never passes
+        const unsigned bx = __ballot_sync(kFullMask, px), by = __ballot_sync(kFullMask, py);
+        if (!(bx | by)) continue;
+        uint64_t* b = buf + size_t(r) * kCap;
+        int c = count[r];
+        if (px) b[c + __popc(bx & below)] = x;
+        c += __popc(bx);
+        if (py) b[c + __popc(by & below)] = y;
+        c += __popc(by);
+        __syncwarp();
+        uint64_t nbar = bar;
+        if (c + 2 * 32 > kCap) {  // the next tile might not fit: keep the best k
+          nbar = shrink(b, c, k);
+          c = c < k ? c : k;
+        }
+        __syncwarp();  // every lane has read count[r] and thr[r]
+        if (lane == 0) {
+          count[r] = c;
+          thr[r] = nbar;
+        }
+        __syncwarp();
+      }
+      // The next tile's stores into S wait at the chunk loop's first barrier.
+    }
+    __syncthreads();
+    // Each token's best k of this half, sorted, into its list.
+    for (int r = warp * kRows; r < (warp + 1) * kRows; ++r) {
+      uint64_t* list = lists + (size_t(hf) * kTok2 + r) * kKMax;
+      warpsel::sort_first<kCap / 32>(buf + size_t(r) * kCap, count[r], k,
+                                     [&](int e, uint64_t key) { list[e] = key; });
+    }
+    __syncthreads();  // the buffers are free for the next half
+  }
+
+  // The candidate top-k of each token from its two lists.
+  const uint32_t nk = uint32_t(n);
+  for (int r = warp * kRows; r < (warp + 1) * kRows; ++r) {
+    const int64_t t = t0 + r;
+    if (t >= T_) break;  // the whole warp: its later rows are past T too
+    const uint64_t* l1 = lists + size_t(r) * kKMax;
+    const uint64_t* l2 = lists + (size_t(kTok2) + r) * kKMax;
+    float* out_s = a.out_scores + (t * H + h) * k;
+    int64_t* out_i = a.out_indices + (t * H + h) * k;
+    warpsel::select_candidates<kKMax>(l1, l2, k, nk, scratch[warp], [&](int e, uint64_t key) {
+      out_s[e] = key_score(key);
+      out_i[e] = int64_t(key_index(key));
+    });
+  }
+#endif
+}
+
+}  // namespace v2
+
+// v2 where k fits it and the device gives a block its shared memory; else v1.
 template <class T>
 mk_status launch(const mk_pk_topk_args& a, cudaStream_t stream) {
+  if (a.k <= v2::kKMax) {
+    int dev = 0, optin = 0;
+    MK_CUDA_TRY(cudaGetDevice(&dev));
+    MK_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    const v2::Layout L2 = v2::layout(int(sizeof(T)));
+    if (L2.total <= size_t(optin)) {
+      MK_CUDA_TRY(cudaFuncSetAttribute(v2::fused_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       int(L2.total)));
+      const dim3 grid(unsigned((a.num_tokens + v2::kTok2 - 1) / v2::kTok2), unsigned(a.num_heads));
+      v2::fused_kernel<T><<<grid, kThreads, L2.total, stream>>>(a);
+      MK_LAUNCH_CHECK();
+      return MK_OK;
+    }
+  }
   const FusedLayout L = fused_layout(int(a.k), int(sizeof(T)));
   MK_CUDA_TRY(cudaFuncSetAttribute(pk_topk_fused_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    int(L.total)));

@@ -316,18 +316,16 @@ struct Config {
   };
 };
 
-// Warp w of block b selects row b * WARPS + w of a (rows = T * H); scratch is
-// the block's WARPS warps' shared memory. Requires 1 <= k <= KMAX, k <= n.
-template <int KMAX, int WARPS>
-__device__ void select_rows(const mk_pk_select_args& a, typename Config<KMAX>::Scratch* scratch) {
+// The k best candidates of two sorted half lists h1, h2 (k keys each,
+// descending; they may be ws.half1 and ws.half2): the pruned grid of pairs
+// (i, j) with (i + 1) * (j + 1) <= k, their sums keyed by slot i1 * nk + i2,
+// through the four steps above; out(e, key) for the e-th best, e < k. Called
+// by the whole warp; ws is its scratch.
+template <int KMAX, class Out>
+__device__ void select_candidates(const uint64_t* h1, const uint64_t* h2, int k, uint32_t nk,
+                                  typename Config<KMAX>::Scratch& ws, Out&& out) {
   using C = Config<KMAX>;
-  const int warp = int(threadIdx.x) / 32, lane = lane_id();
-  const int64_t th = int64_t(blockIdx.x) * WARPS + warp;
-  if (th >= a.num_tokens * a.num_heads) return;  // the whole warp
-  typename C::Scratch& ws = scratch[warp];
-  const int64_t t = th / a.num_heads, h = th % a.num_heads;
-  const int n = int(a.num_keys), k = int(a.k);
-
+  const int lane = lane_id();
   // Candidate row offsets: row i of the pruned grid holds floor(k / (i + 1)) pairs.
   uint32_t carry = 0;
   for (int base = 0; base < k; base += 32) {
@@ -342,18 +340,9 @@ __device__ void select_rows(const mk_pk_select_args& a, typename Config<KMAX>::S
     carry += __shfl_sync(kFull, v, 31);
   }
   if (lane == 0) ws.offs[0] = 0;
-
-  const int64_t off = t * a.scores_stride_t + h * a.scores_stride_h;
-  const float* s1 = a.scores1 + off;
-  const float* s2 = a.scores2 + off;
-  const RowSource r1{s1, n, (reinterpret_cast<uintptr_t>(s1) & 15u) == 0};
-  select<C::Q, C::RMAX>(r1, k, ws.buf, ws.hist, [&](int e, uint64_t key) { ws.half1[e] = key; });
-  const RowSource r2{s2, n, (reinterpret_cast<uintptr_t>(s2) & 15u) == 0};
-  select<C::Q, C::RMAX>(r2, k, ws.buf, ws.hist, [&](int e, uint64_t key) { ws.half2[e] = key; });
-  __syncwarp();  // both half lists and the offsets are written
+  __syncwarp();  // the offsets (and the callers' half lists) are written
 
   const int total = int(ws.offs[k]);
-  const uint32_t nk = uint32_t(n);
   RegSource<C::CR> cand;
 #pragma unroll
   for (int j = 0; j < C::CR; ++j) {
@@ -366,13 +355,36 @@ __device__ void select_rows(const mk_pk_select_args& a, typename Config<KMAX>::S
         if (ws.offs[mid] <= uint32_t(e)) lo = mid;
         else hi = mid - 1;
       }
-      const uint64_t x = ws.half1[lo], y = ws.half2[e - int(ws.offs[lo])];
+      const uint64_t x = h1[lo], y = h2[e - int(ws.offs[lo])];
       cand.v[j] = topk_key(key_score(x) + key_score(y), key_index(x) * nk + key_index(y));
     }
   }
+  select<C::Q, C::RMAX>(cand, k, ws.buf, ws.hist, out);
+}
+
+// Warp w of block b selects row b * WARPS + w of a (rows = T * H); scratch is
+// the block's WARPS warps' shared memory. Requires 1 <= k <= KMAX, k <= n.
+template <int KMAX, int WARPS>
+__device__ void select_rows(const mk_pk_select_args& a, typename Config<KMAX>::Scratch* scratch) {
+  using C = Config<KMAX>;
+  const int warp = int(threadIdx.x) / 32;
+  const int64_t th = int64_t(blockIdx.x) * WARPS + warp;
+  if (th >= a.num_tokens * a.num_heads) return;  // the whole warp
+  typename C::Scratch& ws = scratch[warp];
+  const int64_t t = th / a.num_heads, h = th % a.num_heads;
+  const int n = int(a.num_keys), k = int(a.k);
+
+  const int64_t off = t * a.scores_stride_t + h * a.scores_stride_h;
+  const float* s1 = a.scores1 + off;
+  const float* s2 = a.scores2 + off;
+  const RowSource r1{s1, n, (reinterpret_cast<uintptr_t>(s1) & 15u) == 0};
+  select<C::Q, C::RMAX>(r1, k, ws.buf, ws.hist, [&](int e, uint64_t key) { ws.half1[e] = key; });
+  const RowSource r2{s2, n, (reinterpret_cast<uintptr_t>(s2) & 15u) == 0};
+  select<C::Q, C::RMAX>(r2, k, ws.buf, ws.hist, [&](int e, uint64_t key) { ws.half2[e] = key; });
+
   float* out_s = a.out_scores + th * k;
   int64_t* out_i = a.out_indices + th * k;
-  select<C::Q, C::RMAX>(cand, k, ws.buf, ws.hist, [&](int e, uint64_t key) {
+  select_candidates<KMAX>(ws.half1, ws.half2, k, uint32_t(n), ws, [&](int e, uint64_t key) {
     out_s[e] = key_score(key);
     out_i[e] = int64_t(key_index(key));
   });

@@ -1203,6 +1203,9 @@ int main(int argc, char** argv) {
     check_pk_backward_vs_cpu(dt, 9, 3, 37, 9, 5);
   }
   check_pk_fused(40, 2, 256, 16, 4);  // many key tiles, few kept: merges from either half of a tile
+  check_pk_fused(70, 2, 300, 72, 32);    // v2 at k = 32: two blocks, the last partial; two dim chunks
+  check_pk_fused(64, 1, 64, 16, 32);     // v2: one tile of keys, one block exactly
+  check_pk_fused(7, 3, 33, 130, 1);      // v2: k = 1, a partial key tile, three dim chunks
   check_update_sweep();
   return finish("test_core_cuda");
 }
