@@ -3,7 +3,8 @@
 //
 // k <= 32 (v2, 2026-12-02; not yet run on a GPU): one block of 8 warps per
 // (64 tokens, head). Per half, tiles of 64 sub-keys stream through shared
-// memory in chunks of 64 dimensions and the warps compute the 64 x 64 score
+// memory in chunks of 64 dimensions (each chunk loaded into registers while
+// the one before is multiplied) and the warps compute the 64 x 64 score
 // tile with tensor-core MMA (each warp two 16 x 16 fragments). Each token keeps
 // a buffer of up to 128 keys and a threshold, the k-th best key so far: a
 // tile's keys above it are appended by ballot compaction, and only when the
@@ -291,37 +292,72 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(mk_pk_topk_args a) {
   // 2 (w % 2) + 1) of the 64 x 64 tile.
   const int rb = warp / 2, cb = 2 * (warp % 2);
 
+  // A chunk is 64 query rows and 64 key rows of 64 dimensions, in runs of 8
+  // elements: 1024 runs, kRuns a thread. The next chunk's runs are loaded
+  // into registers while the current chunk is multiplied (16 bytes a load
+  // where the run is whole and aligned, else element by element, zeros past
+  // the edges), then stored to shared memory after the next barrier.
+  constexpr int kRunsPerRow = kDimChunk / 8;
+  constexpr int kRuns = (kTok2 + kKeyTile) * kRunsPerRow / kThreads;
+  static_assert(kRuns * kThreads == (kTok2 + kKeyTile) * kRunsPerRow, "a chunk's runs divide over the threads");
+  uint4 pre[kRuns];
+  auto run_slot = [&](int j, bool& is_q, int& r, int& c) {
+    const int i = int(threadIdx.x) + j * kThreads;
+    is_q = i < kTok2 * kRunsPerRow;
+    const int q = is_q ? i : i - kTok2 * kRunsPerRow;
+    r = q / kRunsPerRow;
+    c = (q % kRunsPerRow) * 8;
+  };
+  auto fetch = [&](int hf, int64_t kt, int64_t d0) {
+    const T* kbase = keys + (h * 2 + hf) * n * half;
+#pragma unroll
+    for (int j = 0; j < kRuns; ++j) {
+      bool is_q;
+      int r, c;
+      run_slot(j, is_q, r, c);
+      const int64_t row = is_q ? t0 + r : kt + r, d = d0 + c;
+      const bool in = row < (is_q ? T_ : n);
+      const T* src = is_q ? query + (row * H + h) * 2 * half + hf * half + d : kbase + row * half + d;
+      if (in && vec && d + 8 <= half) {
+        pre[j] = *reinterpret_cast<const uint4*>(src);
+      } else {
+        T tmp[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) tmp[e] = (in && d + e < half) ? src[e] : zero_value<T>();
+        memcpy(&pre[j], tmp, 16);
+      }
+    }
+  };
+  auto put = [&]() {
+#pragma unroll
+    for (int j = 0; j < kRuns; ++j) {
+      bool is_q;
+      int r, c;
+      run_slot(j, is_q, r, c);
+      *reinterpret_cast<uint4*>((is_q ? qs : ks) + r * kDimChunk + c) = pre[j];
+    }
+  };
+
   for (int hf = 0; hf < 2; ++hf) {
     for (int i = threadIdx.x; i < kTok2; i += kThreads) {
       count[i] = 0;
       thr[i] = 0;
     }
-    const T* kbase = keys + (h * 2 + hf) * n * half;
+    fetch(hf, 0, 0);
     for (int64_t kt0 = 0; kt0 < n; kt0 += kKeyTile) {
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
       wmma::fill_fragment(acc0, 0.0f);
       wmma::fill_fragment(acc1, 0.0f);
       for (int64_t d0 = 0; d0 < half; d0 += kDimChunk) {
         __syncthreads();  // the previous chunk's tiles (and the previous epilogue) are done
-        // 64 rows of 64 dimensions each, in runs of 8: one 16-byte load a run
-        // where the run is whole and aligned, else element by element, zeros
-        // past the edges.
-        for (int i = threadIdx.x; i < (kTok2 + kKeyTile) * (kDimChunk / 8); i += kThreads) {
-          const bool is_q = i < kTok2 * (kDimChunk / 8);
-          const int j = is_q ? i : i - kTok2 * (kDimChunk / 8);
-          const int r = j / (kDimChunk / 8), c = (j % (kDimChunk / 8)) * 8;
-          const int64_t row = is_q ? t0 + r : kt0 + r, d = d0 + c;
-          const bool in = row < (is_q ? T_ : n);
-          const T* src = is_q ? query + (row * H + h) * 2 * half + hf * half + d : kbase + row * half + d;
-          T* dst = (is_q ? qs : ks) + r * kDimChunk + c;
-          if (in && vec && d + 8 <= half) {
-            *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-          } else {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) dst[e] = (in && d + e < half) ? src[e] : zero_value<T>();
-          }
-        }
+        put();
         __syncthreads();
+        int64_t next_d = d0 + kDimChunk, next_kt = kt0;  // the chunk after this one, if any
+        if (next_d >= half) {
+          next_d = 0;
+          next_kt += kKeyTile;
+        }
+        if (next_kt < n) fetch(hf, next_kt, next_d);
 #pragma unroll
         for (int kk = 0; kk < kDimChunk; kk += 16) {
           wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
