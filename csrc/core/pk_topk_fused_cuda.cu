@@ -50,24 +50,30 @@ struct FusedLayout {
   size_t q, kt, s, top, best, merge, total;
 };
 
+// Carves a block's dynamic shared memory into 128-byte aligned regions.
+struct SmemCarver {
+  size_t off = 0;
+  __host__ __device__ size_t take(size_t bytes) {
+    const size_t at = off;
+    off = (off + bytes + 127) / 128 * 128;
+    return at;
+  }
+};
+
 __host__ __device__ inline FusedLayout fused_layout(int k, int elt) {
   FusedLayout l{};
   l.k = k;
   l.mbuf = 1;
   while (l.mbuf < k + kKeyTile) l.mbuf <<= 1;
-  size_t off = 0;
-  auto take = [&](size_t bytes) {
-    const size_t at = off;
-    off = (off + bytes + 127) / 128 * 128;
-    return at;
-  };
+  SmemCarver c;
+  auto take = [&](size_t bytes) { return c.take(bytes); };
   l.q = take(size_t(kTok) * kDimChunk * elt);
   l.kt = take(size_t(kKeyTile) * kDimChunk * elt);
   l.s = take(size_t(kTok) * kSld * sizeof(float));
   l.top = take(size_t(2) * kTok * k * sizeof(uint64_t));
   l.best = take(size_t(kTok) * k * sizeof(uint64_t));
   l.merge = take(size_t(kWarps) * l.mbuf * sizeof(uint64_t));
-  l.total = off;
+  l.total = c.off;
   return l;
 }
 
@@ -221,12 +227,8 @@ struct Layout {
 
 __host__ __device__ inline Layout layout(int elt) {
   Layout l{};
-  size_t off = 0;
-  auto take = [&](size_t bytes) {
-    const size_t at = off;
-    off = (off + bytes + 127) / 128 * 128;
-    return at;
-  };
+  SmemCarver c;
+  auto take = [&](size_t bytes) { return c.take(bytes); };
   l.q = take(size_t(kTok2) * kDimChunk * elt);
   l.kt = take(size_t(kKeyTile) * kDimChunk * elt);
   l.s = take(size_t(kTok2) * kSld * sizeof(float));
@@ -235,7 +237,7 @@ __host__ __device__ inline Layout layout(int elt) {
   l.count = take(size_t(kTok2) * sizeof(int));
   l.thr = take(size_t(kTok2) * sizeof(uint64_t));
   l.scratch = take(size_t(kWarps) * sizeof(Scratch));
-  l.total = off;
+  l.total = c.off;
   return l;
 }
 
