@@ -245,20 +245,11 @@ __host__ __device__ inline Layout layout(int elt) {
 // returns the new threshold: the k-th key, or 0 (take everything) while fewer
 // than k keys were seen. Called by the whole warp.
 __device__ __forceinline__ uint64_t shrink(uint64_t* buf, int count, int k) {
-  uint64_t kth = 0;
   warpsel::sort_first<kCap / 32>(buf, count, k, [&](int e, uint64_t key) {
     buf[e] = key;  // every lane has read the buffer before any writes (the sort's shuffles)
-    if (e == k - 1) kth = key;
   });
-  __syncwarp();
-  // The lane that held the k-th key shares it (every lane's kth is 0 or it).
-  uint64_t m = kth;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const uint64_t other = warpsel::shfl_xor64(m, o);
-    m = other > m ? other : m;
-  }
-  return count >= k ? m : 0;
+  __syncwarp();  // buf[0..k) is written
+  return count >= k ? buf[k - 1] : 0;
 }
 
 template <class T>
@@ -434,12 +425,10 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(mk_pk_topk_args a) {
 }  // namespace v2
 
 // v2 where k fits it and the device gives a block its shared memory; else v1.
+// optin: the device's largest dynamic shared memory a block may ask for.
 template <class T>
-mk_status launch(const mk_pk_topk_args& a, cudaStream_t stream) {
+mk_status launch(const mk_pk_topk_args& a, int optin, cudaStream_t stream) {
   if (a.k <= v2::kKMax) {
-    int dev = 0, optin = 0;
-    MK_CUDA_TRY(cudaGetDevice(&dev));
-    MK_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     const v2::Layout L2 = v2::layout(int(sizeof(T)));
     if (L2.total <= size_t(optin)) {
       MK_CUDA_TRY(cudaFuncSetAttribute(v2::fused_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -464,13 +453,14 @@ mk_status launch(const mk_pk_topk_args& a, cudaStream_t stream) {
 mk_status pk_topk_fused_cuda(const mk_pk_topk_args& a, void* stream) {
   if ((a.num_tokens + kTok - 1) / kTok > int64_t(INT32_MAX) || a.num_heads > 65535)
     return MK_ERR_INVALID_ARGUMENT;
-  int dev = 0, major = 0;
+  int dev = 0, major = 0, optin = 0;
   MK_CUDA_TRY(cudaGetDevice(&dev));
   MK_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   if (major < 8) return MK_ERR_UNSUPPORTED;
+  MK_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   auto s = static_cast<cudaStream_t>(stream);
-  if (a.dtype == MK_BF16) return launch<__nv_bfloat16>(a, s);
-  if (a.dtype == MK_F16) return launch<__half>(a, s);
+  if (a.dtype == MK_BF16) return launch<__nv_bfloat16>(a, optin, s);
+  if (a.dtype == MK_F16) return launch<__half>(a, optin, s);
   return MK_ERR_UNSUPPORTED;
 }
 
